@@ -1,0 +1,1 @@
+"""The demo pool: small character-level models trained here on synthetic skills."""

@@ -1,0 +1,127 @@
+"""Export a merge as a standard HF checkpoint folder, with a model card and a mergekit recipe.
+
+The folder is assembled in a temporary sibling and renamed into place, so a reader never sees
+half an export and an interrupted export leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recycler.errors import RecyclerError
+from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.pool import INDEX_FILE, Pool
+
+RECIPE_FILE = "mergekit.yaml"
+CARD_FILE = "README.md"
+# Files of a checkpoint folder that are weights or describe them; everything else (tokenizer,
+# generation config) is copied from the pool into the export.
+_NOT_COPIED = {INDEX_FILE, "config.json", CARD_FILE, "pytorch_model.bin.index.json"}
+_NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def mergekit_recipe(pool: Pool, recipe: MergeRecipe) -> dict[str, Any]:
+    """The mergekit configuration that reproduces the merge: same weights, float32 accumulation."""
+    config: dict[str, Any] = {"merge_method": recipe.method}
+    if recipe.relative:
+        config["base_model"] = str(pool.base.path)
+    config["models"] = [
+        {"model": str(c.path), "parameters": {"weight": float(recipe.weights.get(c.name, 0.0))}}
+        for c in pool.checkpoints
+    ]
+    config["parameters"] = {"normalize": False}
+    config["dtype"] = "float32"
+    config["out_dtype"] = str(pool.dtype).removeprefix("torch.")
+    return config
+
+
+def _model_card(pool: Pool, recipe: MergeRecipe, scores: Mapping[str, float] | None) -> str:
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [merge, recycler]",
+        "---",
+        "",
+        "# A merge made by recycler",
+        "",
+        f"Merge method: `{recipe.method}`"
+        + (f", relative to base `{pool.base.name}` ({pool.base.path})." if recipe.relative else "."),
+        "",
+        f"Pool fingerprint: `{pool.fingerprint()}`",
+        "",
+        "| checkpoint | path | weight |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c.name} | {c.path} | {recipe.weights.get(c.name, 0.0):.6g} |" for c in pool.checkpoints]
+    if scores:
+        lines += ["", "## Scores", "", "| task | score |", "|---|---|"]
+        lines += [f"| {task} | {value:.4f} |" for task, value in scores.items()]
+    lines += ["", f"Reproduce with mergekit: `mergekit-yaml {RECIPE_FILE} OUTPUT_DIR`.", ""]
+    return "\n".join(lines)
+
+
+def check_export_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder unless overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecyclerError(f"{out_dir}: export target exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise RecyclerError(f"{out_dir}: export target is not empty (pass --force to replace it)")
+
+
+def export_merge(
+    merger: ResidentMerger,
+    recipe: MergeRecipe,
+    out_dir: str | Path,
+    *,
+    scores: Mapping[str, float] | None = None,
+    max_shard_size: str | int = "2GB",
+    overwrite: bool = False,
+) -> Path:
+    """Materialize the recipe in the resident model and write it as an HF checkpoint folder."""
+    out_dir = Path(out_dir).resolve()
+    check_export_target(out_dir, overwrite)
+    pool = merger.pool
+    recipe.coefficients(pool)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        merger.apply(recipe).save_pretrained(staging, max_shard_size=max_shard_size, safe_serialization=True)
+        source = pool.reference.path
+        for item in source.iterdir():
+            if item.is_file() and item.name not in _NOT_COPIED and not item.name.endswith(_NOT_COPIED_SUFFIXES):
+                shutil.copy2(item, staging / item.name)
+        shutil.copy2(source / "config.json", staging / "config.json")
+        (staging / RECIPE_FILE).write_text(yaml.safe_dump(mergekit_recipe(pool, recipe), sort_keys=False))
+        (staging / CARD_FILE).write_text(_model_card(pool, recipe, scores))
+        (staging / "recycler.json").write_text(
+            json.dumps(
+                {"fingerprint": pool.fingerprint(), "method": recipe.method, "weights": dict(recipe.weights),
+                 "scores": dict(scores or {})},
+                indent=2,
+            )
+        )
+        os.chmod(staging, 0o755)
+        _replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    """Rename staging onto out_dir; an existing target is moved aside first and removed after."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    out_dir.rename(retired / "export")
+    staging.rename(out_dir)
+    shutil.rmtree(retired, ignore_errors=True)

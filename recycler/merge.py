@@ -1,0 +1,116 @@
+"""The merge engine: θ = Σ wᵢ θᵢ (or θ_base + Σ wᵢ (θᵢ − θ_base)) written in place into one resident model.
+
+Each parameter's N source tensors are stacked once into an (N, numel) matrix, so a candidate is
+one weighted sum per parameter (a vector-matrix product), accumulated in float32 and cast back
+to the parameter's dtype. No file is written and no second model is built per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from recycler.errors import RecyclerError
+from recycler.pool import Pool
+
+# Elements converted to float32 at a time when the pool is stored in a narrower dtype.
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """The weights of one merge, by checkpoint name; relative to the pool's base when `relative`."""
+
+    weights: Mapping[str, float]
+    relative: bool = False
+
+    @property
+    def method(self) -> str:
+        """The mergekit merge_method that computes the same merge."""
+        return "task_arithmetic" if self.relative else "linear"
+
+    def coefficients(self, pool: Pool) -> list[float]:
+        """One coefficient per stacked row: the checkpoints in pool order, then the base if any.
+
+        θ_base + Σ wᵢ (θᵢ − θ_base) = (1 − Σ wᵢ) θ_base + Σ wᵢ θᵢ, so a relative merge is linear too.
+        """
+        unknown = sorted(set(self.weights) - set(pool.names))
+        if unknown:
+            raise RecyclerError(f"merge weights name '{unknown[0]}', which is not a checkpoint of the pool ({', '.join(pool.names)})")
+        values = [float(self.weights.get(name, 0.0)) for name in pool.names]
+        bad = [name for name, w in zip(pool.names, values) if not math.isfinite(w)]
+        if bad:
+            raise RecyclerError(f"merge weight of '{bad[0]}' is not a finite number")
+        if self.relative:
+            if pool.base is None:
+                raise RecyclerError("a merge relative to a base needs a pool with a base checkpoint")
+            return values + [1.0 - math.fsum(values)]
+        return values + ([0.0] if pool.base else [])
+
+
+class ResidentMerger:
+    """A model resident in memory plus the pool's tensors stacked per parameter, on one device."""
+
+    def __init__(self, pool: Pool, device: str | torch.device = "cpu") -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.pool = pool
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(str(pool.reference.path), dtype=pool.dtype).to(self.device)
+        self.model.eval()
+        parameters = self.model.state_dict(keep_vars=True)
+        self._targets: dict[str, torch.Tensor] = {}
+        self._stacks: dict[str, torch.Tensor] = {}
+        for name in pool.tensor_names:
+            info = pool.reference.tensors[name]
+            if not info.dtype.is_floating_point:
+                continue
+            if name not in parameters:
+                raise RecyclerError(
+                    f"checkpoint '{pool.reference.name}': tensor '{name}' is not a parameter of "
+                    f"{type(self.model).__name__}"
+                )
+            target = parameters[name]
+            if tuple(target.shape) != info.shape or target.dtype != info.dtype:
+                raise RecyclerError(
+                    f"checkpoint '{pool.reference.name}': tensor '{name}' {list(info.shape)} {info.dtype} does not fit "
+                    f"the model's parameter {list(target.shape)} {target.dtype}"
+                )
+            self._targets[name] = target
+            self._stacks[name] = self._stack(name, info.dtype)
+
+    def _stack(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        members = self.pool.members
+        numel = self._targets[name].numel()
+        stack = torch.empty((len(members), numel), dtype=dtype, device=self.device)
+        for row, member in enumerate(members):
+            stack[row].copy_(member.tensor(name).reshape(-1))
+        return stack
+
+    @property
+    def stacked_bytes(self) -> int:
+        """Bytes the resident stacks hold: what one materialization reads."""
+        return sum(s.numel() * s.element_size() for s in self._stacks.values())
+
+    @torch.no_grad()
+    def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
+        """Write the recipe's merge into the resident model's parameters and return the model."""
+        coefficients = torch.tensor(recipe.coefficients(self.pool), dtype=torch.float32, device=self.device)
+        for name, stack in self._stacks.items():
+            _weighted_sum_into(self._targets[name].data.view(-1), stack, coefficients)
+        return self.model
+
+
+def _weighted_sum_into(out: torch.Tensor, stack: torch.Tensor, coefficients: torch.Tensor) -> None:
+    """out = coefficients @ stack, accumulated in float32 (float64 for a float64 pool), cast to out's dtype."""
+    compute = torch.float64 if stack.dtype == torch.float64 else torch.float32
+    coefficients = coefficients.to(compute)
+    if stack.dtype == compute and out.dtype == compute:
+        torch.mv(stack.T, coefficients, out=out)
+        return
+    for start in range(0, stack.shape[1], _CHUNK):
+        end = min(start + _CHUNK, stack.shape[1])
+        out[start:end].copy_(coefficients @ stack[:, start:end].to(compute))

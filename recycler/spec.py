@@ -1,0 +1,132 @@
+"""The pool spec: a YAML file naming the checkpoints, the suite, the objectives, the search and the resources.
+
+Validated at the edge with pydantic so every error names its field path; relative paths resolve
+against the spec file's folder so a spec and its pool can move together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from recycler.errors import RecyclerError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    root = (info.context or {}).get("root")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    return path.resolve() if path.is_absolute() else path
+
+
+class CheckpointRef(_Strict):
+    """One checkpoint of the pool: an HF-format folder with config.json, tokenizer and safetensors."""
+
+    name: Name
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class SearchConfig(_Strict):
+    """What to search and for how long."""
+
+    space: Name = "simplex"
+    trials: int = Field(default=50, gt=0, description="trials in the study, baselines included")
+    sampler: str = Field(default="default", description="'default' or an Optuna sampler class name")
+    seed: int = 0
+
+
+class Resources(_Strict):
+    """How many worker actors score candidates, and the GPUs each one holds."""
+
+    workers: int = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+
+
+class PoolSpec(_Strict):
+    """A pool of checkpoints of one architecture and what to search over it."""
+
+    name: Name
+    checkpoints: list[CheckpointRef] = Field(min_length=2)
+    base: CheckpointRef | None = None
+    suite: str = Field(default="demo", description="a suite name in eval_suites/ or a path to a suite file")
+    objectives: list[Name] | None = Field(
+        default=None, description="held-in tasks to optimize; all of the suite's held-in tasks when omitted"
+    )
+    search: SearchConfig = SearchConfig()
+    resources: Resources = Resources()
+
+    @field_validator("suite")
+    @classmethod
+    def _resolve_suite(cls, value: str, info: ValidationInfo) -> str:
+        if value.endswith((".yaml", ".yml")) or "/" in value:
+            return str(_resolve(Path(value), info))
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PoolSpec:
+        seen: set[str] = set()
+        refs = self.checkpoints + ([self.base] if self.base else [])
+        for i, ref in enumerate(refs):
+            if ref.name in seen:
+                where = f"checkpoints.{i}.name" if i < len(self.checkpoints) else "base.name"
+                raise ValueError(f"{where}: duplicate checkpoint name '{ref.name}'")
+            seen.add(ref.name)
+        return self
+
+    @property
+    def checkpoint_names(self) -> list[str]:
+        return [ref.name for ref in self.checkpoints]
+
+
+def _first_error(error: ValidationError) -> str:
+    detail = error.errors()[0]
+    where = ".".join(str(part) for part in detail["loc"])
+    message = detail["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def parse_spec(data: Any, root: Path, source: str) -> PoolSpec:
+    """Validate a spec mapping; relative paths resolve against root; errors name source and field."""
+    if not isinstance(data, dict):
+        raise RecyclerError(f"{source}: a pool spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return PoolSpec.model_validate(data, context={"root": root})
+    except ValidationError as error:
+        raise RecyclerError(f"{source}: {_first_error(error)}") from None
+
+
+def load_spec(path: str | Path) -> PoolSpec:
+    """Read and validate a pool spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecyclerError(f"{path}: pool spec not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecyclerError(f"{path}: not valid YAML{where}") from None
+    return parse_spec(data, path.resolve().parent, str(path))

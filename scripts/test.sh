@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install recycler with its test dependencies into .venv and run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+.venv/bin/pip install --quiet -c constraints.txt -e '.[test]'
+export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -q "$@"

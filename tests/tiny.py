@@ -1,0 +1,63 @@
+"""Tiny random checkpoints, written as HF folders, for tests that need a pool in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+from recycler.demo.tokenizer import build_char_tokenizer
+
+CHARS = "0123456789+=-abcdefghij \n"
+
+
+def tiny_config(arch: str, vocab_size: int, eos_id: int):
+    special = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": 0}
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=32, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=True, **special
+        )
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False,
+            **special,
+        )
+    raise ValueError(arch)
+
+
+def write_checkpoint(
+    folder: Path,
+    *,
+    arch: str = "gpt2",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    chars: str = CHARS,
+) -> Path:
+    """A randomly initialized tiny causal LM with a character tokenizer, saved as safetensors."""
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer(chars)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), tokenizer.eos_token_id))
+    model.to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_pool(root: Path, count: int = 3, *, base: bool = False, name: str = "tiny", **kwargs) -> Path:
+    """A pool spec with `count` checkpoints (and a base when asked) under root; returns the spec path."""
+    refs = []
+    for i in range(count):
+        write_checkpoint(root / f"ckpt{i}", seed=i + 1, **kwargs)
+        refs.append({"name": f"c{i}", "path": f"ckpt{i}"})
+    spec = {"name": name, "checkpoints": refs}
+    if base:
+        write_checkpoint(root / "base", seed=100, **kwargs)
+        spec["base"] = {"name": "base", "path": "base"}
+    path = root / "pool.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
