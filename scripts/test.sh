@@ -3,7 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -c constraints.txt -e '.[test]'
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest -q "$@"
