@@ -1,0 +1,104 @@
+"""Synthetic skills for the demo pool, each written as `prompt=answer` with a short task marker.
+
+Held-in tasks are the single skills the checkpoints are trained on. Held-out tasks chain two
+word skills in an order never seen in training (`u:r:abc=CBA` is upper-case of reverse), so a
+model scores on them only by composing skills it learned separately; training shows it other
+chains (`CHAINS_SEEN`) so it can learn what chaining means.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+LETTERS = "abcdefghij"
+MIN_WORD, MAX_WORD = 3, 6
+
+WORD_SKILLS: dict[str, Callable[[str], str]] = {
+    "r": lambda word: word[::-1],
+    "s": lambda word: "".join(sorted(word)),
+    "u": str.upper,
+    "d": lambda word: "".join(c + c for c in word),
+}
+
+CHAINS_HELD_OUT = ("ur", "dr")
+CHAINS_SEEN = ("ru", "rd", "ud", "du", "su", "us", "sd", "ds")
+
+MARKERS = "rsudc:+="
+ALPHABET = "".join(sorted(set("0123456789\n" + MARKERS + LETTERS + LETTERS.upper())))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One skill: `example(rng)` returns (prompt ending in "=", answer without the final newline)."""
+
+    name: str
+    example: Callable[[random.Random], tuple[str, str]]
+    held_out: bool = False
+
+
+def random_word(rng: random.Random) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_WORD, MAX_WORD)))
+
+
+def apply_chain(markers: str, word: str) -> str:
+    """Apply word skills right to left, like function composition: "ur" is upper(reverse(word))."""
+    for marker in reversed(markers):
+        word = WORD_SKILLS[marker](word)
+    return word
+
+
+def chain_prompt(markers: str, word: str) -> str:
+    return "".join(f"{m}:" for m in markers) + f"{word}="
+
+
+def _chain_example(markers: str) -> Callable[[random.Random], tuple[str, str]]:
+    def example(rng: random.Random) -> tuple[str, str]:
+        word = random_word(rng)
+        return chain_prompt(markers, word), apply_chain(markers, word)
+
+    return example
+
+
+def _addition(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"{a}+{b}=", str(a + b)
+
+
+def _count(rng: random.Random) -> tuple[str, str]:
+    """Count one letter in a word; the letter is usually present so counts above 1 are common."""
+    word = random_word(rng)
+    letter = rng.choice(word) if rng.random() < 0.8 else rng.choice(LETTERS)
+    return f"c:{letter}:{word}=", str(word.count(letter))
+
+
+def _seen_chains(rng: random.Random) -> tuple[str, str]:
+    return _chain_example(rng.choice(CHAINS_SEEN))(rng)
+
+
+_SINGLE_NAMES = {"r": "reverse", "s": "sort", "u": "upper", "d": "double"}
+_HELD_OUT_NAMES = {"ur": "upper_reverse", "dr": "double_reverse"}
+
+TASKS: dict[str, Task] = {
+    "add": Task("add", _addition),
+    **{name: Task(name, _chain_example(marker)) for marker, name in _SINGLE_NAMES.items()},
+    "count": Task("count", _count),
+    **{name: Task(name, _chain_example(markers), held_out=True) for markers, name in _HELD_OUT_NAMES.items()},
+}
+
+TRAINING_TASKS: dict[str, Task] = {
+    **{name: task for name, task in TASKS.items() if not task.held_out},
+    "chains": Task("chains", _seen_chains),
+}
+
+
+def write_eval_data(folder: Path, examples_per_task: int = 100, seed: int = 1234) -> None:
+    """Write `<task>.jsonl` per task; each task draws from its own seeded stream, apart from training's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, task in TASKS.items():
+        rng = random.Random(f"eval:{seed}:{name}")
+        lines = (json.dumps(dict(zip(("prompt", "answer"), task.example(rng)))) for _ in range(examples_per_task))
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,69 @@
+"""The `recycler` command as a user runs it: a real process, one-line errors, nothing written."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.test_pool import BAD_POOLS
+from tests.tiny import write_pool
+
+
+def recycler(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "recycler.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_validate_and_merge(tmp_path):
+    spec = write_pool(tmp_path, 3)
+    result = recycler("validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 checkpoints" in result.stdout and "fingerprint:" in result.stdout
+
+    result = recycler("merge", str(spec), "--weight", "c0=0.5", "--weight", "c2=0.5", "--out", "merged", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(load_file(tmp_path / "merged" / "model.safetensors")) == set(load_file(tmp_path / "ckpt0" / "model.safetensors"))
+
+
+# Ten of the bad pools run through the real command; the rest are covered in test_pool.
+CLI_CASES = ["mismatched shapes", "missing tensor", "truncated safetensors", "missing config.json", "different vocabularies",
+             "one checkpoint", "duplicate names", "path does not exist", "mixed dtypes", "different architecture"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_pools_exit_with_one_line_and_write_nothing(tmp_path, case):
+    spec = write_pool(tmp_path, 3)
+    corrupt, expected = BAD_POOLS[case]
+    corrupt(tmp_path)
+    before = snapshot(tmp_path)
+    result = recycler("merge", str(spec), "--weight", "c0=1", "--out", "merged", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recycler: error: "), result.stderr
+    assert re.search(expected, lines[0]), lines[0]
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["merge", "pool.yaml", "--weight", "c0", "--out", "m"], "--weight 'c0': expected NAME=NUMBER"),
+        (["merge", "pool.yaml", "--weight", "nobody=1", "--out", "m"], "'nobody', which is not a checkpoint"),
+        (["merge", "pool.yaml", "--weight", "c0=1", "--out", "pool.yaml"], "export target exists and is not a folder"),
+        (["validate", "missing.yaml"], "missing.yaml: pool spec not found"),
+    ],
+)
+def test_bad_arguments(tmp_path, args, expected):
+    write_pool(tmp_path, 2)
+    before = snapshot(tmp_path)
+    result = recycler(*args, cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
