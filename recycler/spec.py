@@ -7,37 +7,17 @@ against the spec file's folder so a spec and its pool can move together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError
-
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from recycler.suite import SuiteSpec
 
 
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    root = (info.context or {}).get("root")
-    path = Path(value).expanduser()
-    if not path.is_absolute() and root is not None:
-        path = Path(root) / path
-    return path.resolve() if path.is_absolute() else path
-
-
-class CheckpointRef(_Strict):
+class CheckpointRef(StrictModel):
     """One checkpoint of the pool: an HF-format folder with config.json, tokenizer and safetensors."""
 
     name: Name
@@ -46,10 +26,10 @@ class CheckpointRef(_Strict):
     @field_validator("path")
     @classmethod
     def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     """What to search and for how long."""
 
     space: Name = "simplex"
@@ -58,20 +38,22 @@ class SearchConfig(_Strict):
     seed: int = 0
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """How many worker actors score candidates, and the GPUs each one holds."""
 
     workers: int = Field(default=1, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
 
 
-class PoolSpec(_Strict):
+class PoolSpec(StrictModel):
     """A pool of checkpoints of one architecture and what to search over it."""
 
     name: Name
     checkpoints: list[CheckpointRef] = Field(min_length=2)
     base: CheckpointRef | None = None
-    suite: str = Field(default="demo", description="a suite name in eval_suites/ or a path to a suite file")
+    suite: str | SuiteSpec = Field(
+        default="demo", description="a suite name in eval_suites/, a path to a suite file, or a suite inline"
+    )
     objectives: list[Name] | None = Field(
         default=None, description="held-in tasks to optimize; all of the suite's held-in tasks when omitted"
     )
@@ -80,9 +62,9 @@ class PoolSpec(_Strict):
 
     @field_validator("suite")
     @classmethod
-    def _resolve_suite(cls, value: str, info: ValidationInfo) -> str:
-        if value.endswith((".yaml", ".yml")) or "/" in value:
-            return str(_resolve(Path(value), info))
+    def _resolve_suite(cls, value: str | SuiteSpec, info: ValidationInfo) -> str | SuiteSpec:
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")) or "/" in value:
+            return str(resolve_path(Path(value), info))
         return value
 
     @model_validator(mode="after")
@@ -101,13 +83,6 @@ class PoolSpec(_Strict):
         return [ref.name for ref in self.checkpoints]
 
 
-def _first_error(error: ValidationError) -> str:
-    detail = error.errors()[0]
-    where = ".".join(str(part) for part in detail["loc"])
-    message = detail["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
 def parse_spec(data: Any, root: Path, source: str) -> PoolSpec:
     """Validate a spec mapping; relative paths resolve against root; errors name source and field."""
     if not isinstance(data, dict):
@@ -115,7 +90,7 @@ def parse_spec(data: Any, root: Path, source: str) -> PoolSpec:
     try:
         return PoolSpec.model_validate(data, context={"root": root})
     except ValidationError as error:
-        raise RecyclerError(f"{source}: {_first_error(error)}") from None
+        raise RecyclerError(f"{source}: {first_error(error)}") from None
 
 
 def load_spec(path: str | Path) -> PoolSpec:

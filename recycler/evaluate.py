@@ -1,0 +1,115 @@
+"""Scoring the resident model on a suite through lm-eval, with its requests built once.
+
+lm-eval's `evaluate` rebuilds every request on each call; a search scores hundreds of merges of
+the same model, so the scorer builds the tasks and their requests once, and per candidate re-runs
+only the model (through lm-eval's HFLM) and the metrics (each task's own `process_results`,
+filters and aggregation), which keeps lm-eval's scoring semantics exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recycler.suite import Suite
+
+
+@dataclass(frozen=True)
+class SuiteScores:
+    """A score per task, and where the time went."""
+
+    scores: dict[str, float]
+    forward_seconds: float
+    total_seconds: float
+
+    @property
+    def other_seconds(self) -> float:
+        return self.total_seconds - self.forward_seconds
+
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.scores.values())
+
+
+class _ForwardTimer:
+    """Wall time spent inside the model's forward passes, via module hooks."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        self._cuda = next(model.parameters()).is_cuda
+        model.register_forward_pre_hook(self._start)
+        model.register_forward_hook(self._stop)
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def _start(self, *_: Any) -> None:
+        self._sync()
+        self._started = time.perf_counter()
+
+    def _stop(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._started
+
+
+class Scorer:
+    """Scores whatever weights the model holds right now, on one suite."""
+
+    def __init__(self, suite: Suite, model: torch.nn.Module, tokenizer: Any) -> None:
+        from lm_eval.models.huggingface import HFLM
+
+        self.suite = suite
+        self.tasks = suite.build_tasks()
+        self.lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            add_bos_token=False,
+            batch_size=suite.spec.batch_size,
+            device=str(next(model.parameters()).device),
+        )
+        self._timer = _ForwardTimer(model)
+        self._requests: dict[str, list[Any]] = defaultdict(list)
+        for spec in suite.tasks:
+            task = self.tasks[spec.task]
+            task.build_all_requests(limit=suite.limit(spec), rank=0, world_size=1)
+            for instance in task.instances:
+                self._requests[instance.request_type].append(instance)
+
+    @torch.no_grad()
+    def score(self) -> SuiteScores:
+        """Run every request through the model and aggregate each task's metric."""
+        started = time.perf_counter()
+        forward_before = self._timer.seconds
+        for request_type, instances in self._requests.items():
+            for instance in instances:
+                instance.resps.clear()
+                instance.filtered_resps.clear()
+            repeated = [instance for instance in instances for _ in range(instance.repeats)]
+            for response, instance in zip(getattr(self.lm, request_type)(repeated), repeated, strict=True):
+                instance.resps.append(response)
+        scores = {spec.task: self._aggregate(spec.task, spec.metric, self.suite.limit(spec)) for spec in self.suite.tasks}
+        return SuiteScores(
+            scores=scores,
+            forward_seconds=self._timer.seconds - forward_before,
+            total_seconds=time.perf_counter() - started,
+        )
+
+    def _aggregate(self, name: str, metric: str, limit: int | None) -> float:
+        task = self.tasks[name]
+        task.apply_filters()
+        metric, _, filter_key = metric.partition(",")
+        filter_key = filter_key or next(iter(task.instances[0].filtered_resps))
+        by_doc: dict[int, list[Any]] = defaultdict(list)
+        for instance in task.instances:
+            by_doc[instance.doc_id].append(instance)
+        values = []
+        for doc_id, doc in task.doc_iterator(rank=0, limit=limit, world_size=1):
+            requests = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
+            values.append(task.process_results(doc, [r.filtered_resps[filter_key] for r in requests])[metric])
+        return float(task.aggregation()[metric](values))

@@ -1,0 +1,186 @@
+"""Evaluation suites: which lm-eval tasks score a merge, with which metric, held-in or held-out.
+
+Held-in tasks are the search's objectives; held-out tasks are only reported, to show whether a
+merge generalizes. Task YAMLs are lm-eval's own format over local data files; relative
+`data_files` resolve against the YAML's folder so a suite can live anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from recycler.errors import RecyclerError
+from recycler.config import Name, StrictModel, first_error, resolve_path
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "eval_suites"
+
+
+class SuiteTask(StrictModel):
+    """One lm-eval task of a suite and the metric read from it."""
+
+    task: str = Field(min_length=1)
+    metric: str = Field(default="acc", description="an lm-eval metric of the task, optionally 'metric,filter'")
+    limit: int | None = Field(default=None, gt=0, description="examples scored; all when omitted")
+
+
+class SuiteSpec(StrictModel):
+    """A suite file (or a pool spec's inline `suite:` mapping)."""
+
+    name: Name
+    task_dir: Path | None = Field(default=None, description="folder of lm-eval task YAMLs; lm-eval's own tasks when omitted")
+    batch_size: int = Field(default=64, gt=0)
+    limit: int | None = Field(default=None, gt=0, description="default per-task example limit")
+    held_in: list[SuiteTask] = Field(min_length=1)
+    held_out: list[SuiteTask] = []
+
+    @field_validator("task_dir")
+    @classmethod
+    def _resolve_task_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _tasks_once(self) -> SuiteSpec:
+        seen: set[str] = set()
+        for role, tasks in (("held_in", self.held_in), ("held_out", self.held_out)):
+            for i, task in enumerate(tasks):
+                if task.task in seen:
+                    raise ValueError(f"{role}.{i}.task: task '{task.task}' is listed twice")
+                seen.add(task.task)
+        return self
+
+
+def _data_files_absolute(value: Any, folder: Path) -> Any:
+    if isinstance(value, str):
+        return str(folder / value) if not Path(value).is_absolute() else value
+    if isinstance(value, list):
+        return [_data_files_absolute(v, folder) for v in value]
+    if isinstance(value, dict):
+        return {k: _data_files_absolute(v, folder) for k, v in value.items()}
+    return value
+
+
+def _listed_files(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [f for v in value for f in _listed_files(v)]
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _listed_files(v)]
+    return []
+
+
+def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every task YAML under task_dir, by task name, read with lm-eval's own loader."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if not task_dir.is_dir():
+        raise RecyclerError(f"{task_dir}: task folder does not exist")
+    configs = {}
+    for path in sorted(task_dir.rglob("*.yaml")):
+        try:
+            config = load_yaml(path)
+        except (yaml.YAMLError, ValueError, OSError) as error:
+            raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({' '.join(str(error).split())[:200]})") from None
+        if not isinstance(config.get("task"), str):
+            continue
+        kwargs = config.get("dataset_kwargs") or {}
+        if "data_files" in kwargs:
+            config["dataset_kwargs"] = {**kwargs, "data_files": _data_files_absolute(kwargs["data_files"], path.parent)}
+        config["_yaml"] = str(path)
+        configs[config["task"]] = config
+    return configs
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite; `build_tasks` turns it into lm-eval Task objects with their documents."""
+
+    spec: SuiteSpec
+    source: str
+
+    @property
+    def held_in(self) -> list[str]:
+        return [t.task for t in self.spec.held_in]
+
+    @property
+    def held_out(self) -> list[str]:
+        return [t.task for t in self.spec.held_out]
+
+    @property
+    def tasks(self) -> list[SuiteTask]:
+        return self.spec.held_in + self.spec.held_out
+
+    def limit(self, task: SuiteTask) -> int | None:
+        return task.limit or self.spec.limit
+
+    def build_tasks(self) -> dict[str, Any]:
+        """lm-eval Task objects by name, each checked for its data, its metric and its examples."""
+        from lm_eval.tasks import TaskManager, get_task_dict
+
+        local = _task_configs(self.spec.task_dir) if self.spec.task_dir else {}
+        manager = None
+        built = {}
+        for task in self.tasks:
+            where = f"suite '{self.spec.name}' ({self.source}): task '{task.task}'"
+            config = local.get(task.task)
+            if config is not None:
+                config = {k: v for k, v in config.items() if k != "_yaml"}
+                files = [Path(f) for f in _listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
+                for file in files:
+                    if not file.is_file():
+                        raise RecyclerError(f"{where}: data file {file} does not exist")
+                if files and all(file.stat().st_size == 0 for file in files):
+                    raise RecyclerError(f"{where}: has no examples (its data files are empty)")
+            elif self.spec.task_dir is not None:
+                raise RecyclerError(f"{where}: no task of that name in {self.spec.task_dir}")
+            if manager is None:
+                manager = TaskManager(include_defaults=config is None)
+            try:
+                lm_task = get_task_dict([config or task.task], manager)[task.task]
+            except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
+                detail = " ".join(str(error).split())[:200] or type(error).__name__
+                raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
+            metric = task.metric.split(",")[0]
+            if metric not in lm_task.aggregation():
+                raise RecyclerError(f"{where}: unknown metric '{metric}' (the task has {', '.join(lm_task.aggregation())})")
+            if len(lm_task.eval_docs) == 0:
+                raise RecyclerError(f"{where}: has no examples")
+            built[task.task] = lm_task
+        return built
+
+
+def _suite_file(ref: str) -> Path:
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or "/" in ref:
+        return path
+    return SUITES_DIR / f"{ref}.yaml"
+
+
+def parse_suite(data: Any, root: Path, source: str) -> Suite:
+    """Validate a suite mapping; relative paths resolve against root."""
+    if not isinstance(data, dict):
+        raise RecyclerError(f"{source}: a suite must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Suite(SuiteSpec.model_validate(data, context={"root": root}), source)
+    except ValidationError as error:
+        raise RecyclerError(f"{source}: {first_error(error)}") from None
+
+
+def load_suite(ref: str | SuiteSpec) -> Suite:
+    """A suite by name (a file in eval_suites/), by path, or already parsed inline in a pool spec."""
+    if isinstance(ref, SuiteSpec):
+        return Suite(ref, "pool spec")
+    path = _suite_file(ref)
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        raise RecyclerError(f"suite '{ref}': no file {path} (suites in eval_suites/: {', '.join(known) or 'none'})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise RecyclerError(f"{path}: not valid YAML") from None
+    return parse_suite(data, path.resolve().parent, str(path))

@@ -1,0 +1,81 @@
+"""Small lm-eval task folders over local JSONL, for tests of suites and scoring."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+LOGLIKELIHOOD_TASK = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}{{{{'\\n'}}}}"
+target_delimiter: ""
+metric_list:
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
+  - {{metric: perplexity, aggregation: perplexity, higher_is_better: false}}
+"""
+
+CHOICE_TASK = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+target_delimiter: ""
+metric_list:
+  - {{metric: acc, aggregation: mean, higher_is_better: true}}
+  - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
+"""
+
+
+def _sums(rng: random.Random) -> dict:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+
+
+def _pick(rng: random.Random) -> dict:
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    choices = [str(a + b), str(a + b + 1), str(abs(a - b))]
+    return {"prompt": f"{a}+{b}=", "choices": choices, "label": 0}
+
+
+def write_tasks(folder: Path, *, absolute: bool = False, examples: int = 40) -> Path:
+    """Three tasks: `sums` and `carry` (loglikelihood, acc and perplexity) and `pick` (multiple choice)."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for name, template, make in (("sums", LOGLIKELIHOOD_TASK, _sums), ("carry", LOGLIKELIHOOD_TASK, _sums), ("pick", CHOICE_TASK, _pick)):
+        rng = random.Random(name)
+        data = folder / "data" / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(make(rng)) + "\n" for _ in range(examples)))
+        ref = str(data) if absolute else f"data/{name}.jsonl"
+        (folder / f"{name}.yaml").write_text(template.format(name=name, data=ref))
+    return folder
+
+
+def write_suite(folder: Path, **overrides) -> Path:
+    """A suite file beside a task folder: sums and pick held in, carry held out."""
+    write_tasks(folder / "tasks")
+    suite = {
+        "name": "arith",
+        "task_dir": "tasks",
+        "batch_size": 16,
+        "held_in": [{"task": "sums", "metric": "acc"}, {"task": "pick", "metric": "acc_norm"}],
+        "held_out": [{"task": "carry", "metric": "perplexity", "limit": 25}],
+        **overrides,
+    }
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path

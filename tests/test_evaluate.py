@@ -1,0 +1,66 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from recycler.evaluate import Scorer
+from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.pool import load_pool
+from recycler.spec import load_spec
+from recycler.suite import load_suite
+from tests.suites import write_suite, write_tasks
+from tests.tiny import write_checkpoint, write_pool
+
+
+def load(folder):
+    return AutoModelForCausalLM.from_pretrained(str(folder)).eval(), AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_scores_equal_lm_eval_simple_evaluate_from_disk(tmp_path, arch):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", arch=arch, seed=7)
+    write_tasks(tmp_path / "abs_tasks", absolute=True)
+    suite = load_suite(str(write_suite(tmp_path, task_dir="abs_tasks")))
+    ours = Scorer(suite, *load(checkpoint)).score()
+
+    theirs = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={checkpoint},add_bos_token=False,dtype=float32",
+        tasks=["sums", "pick", "carry"],
+        task_manager=TaskManager(include_path=str(tmp_path / "abs_tasks"), include_defaults=False),
+        batch_size=16,
+        device="cpu",
+        limit=None,
+        bootstrap_iters=0,
+    )["results"]
+    expected = {"sums": theirs["sums"]["acc,none"], "pick": theirs["pick"]["acc_norm,none"]}
+    assert {k: ours.scores[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+    assert 0 < ours.scores["pick"] < 1  # a random model is right on some choices, wrong on others
+    # carry is limited to 25 examples in the suite; lm-eval scores its 40
+    full = theirs["carry"]["perplexity,none"]
+    assert ours.scores["carry"] != full and ours.scores["carry"] > 1
+    assert 0 < ours.forward_seconds < ours.total_seconds
+
+
+def test_batched_scores_equal_batch_one(tmp_path):
+    model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
+    batched = Scorer(load_suite(str(write_suite(tmp_path, batch_size=64))), model, tokenizer).score()
+    single = Scorer(load_suite(str(write_suite(tmp_path, batch_size=1))), model, tokenizer).score()
+    assert batched.scores == pytest.approx(single.scores, rel=1e-5)
+
+
+def test_rescoring_after_an_in_place_merge_sees_the_new_weights(tmp_path):
+    pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
+    merger = ResidentMerger(pool)
+    scorer = Scorer(load_suite(str(write_suite(tmp_path))), merger.model, load(pool.reference.path)[1])
+    first = scorer.score()
+    again = scorer.score()
+    assert again.scores == first.scores
+    merger.apply(MergeRecipe({"c1": 1.0}))
+    other = scorer.score()
+    model, tokenizer = load(pool.checkpoints[1].path)
+    fresh = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer).score()
+    assert other.scores == pytest.approx(fresh.scores, rel=1e-6)
+    assert other.scores != first.scores
