@@ -49,6 +49,48 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     print(f"exported {recipe.method} merge to {out}")
 
 
+def _cmd_run(args: argparse.Namespace) -> None:
+    from recycler.search import run_search
+    from recycler.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.trials is not None:
+        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": args.trials})})
+    folder = Path(args.study or Path("studies") / spec.name)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    run_search(spec, folder, storage=args.storage, address=address, progress=not args.quiet)
+    _print_front(folder, "table")
+    print(f"study: {folder}")
+
+
+def _print_front(folder: Path, fmt: str, include_all: bool = False) -> None:
+    import json
+
+    from recycler.front import front_records, front_table
+    from recycler.study import load_study
+
+    study, info = load_study(folder)
+    records = front_records(study, info, include_all=include_all)
+    if fmt == "json":
+        print(json.dumps({"study": info.name, "objectives": info.objectives, "held_out": info.held_out, "trials": records}, indent=2))
+    elif fmt == "csv":
+        print(front_table(records, info).to_csv(index=False), end="")
+    else:
+        print(front_table(records, info).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _cmd_front(args: argparse.Namespace) -> None:
+    _print_front(Path(args.study), args.format, args.all)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from recycler.export import check_export_target, export_trial
+
+    check_export_target(Path(args.out).resolve(), args.force)
+    out = export_trial(Path(args.study), args.trial, Path(args.out), max_shard_size=args.max_shard_size, overwrite=args.force)
+    print(f"exported trial {args.trial} to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
     merge.add_argument("--force", action="store_true", help="replace a non-empty --out")
     merge.set_defaults(handler=_cmd_merge)
+
+    run = commands.add_parser("run", help="search the pool's merges for the Pareto front (resumes a stopped study)")
+    run.add_argument("spec", help="pool spec YAML")
+    run.add_argument("--study", help="study folder (default studies/NAME)")
+    run.add_argument("--trials", type=int, help="override search.trials")
+    run.add_argument("--storage", help="Optuna RDB URL to share a study across machines (default: a journal file in the study folder)")
+    run.add_argument("--address", help="Ray cluster address to join (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_cmd_run)
+
+    front = commands.add_parser("front", help="print a study's Pareto front beside its baselines")
+    front.add_argument("study", help="study folder")
+    front.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    front.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
+    front.set_defaults(handler=_cmd_front)
+
+    export = commands.add_parser("export", help="export one trial of a study as an HF checkpoint")
+    export.add_argument("study", help="study folder")
+    export.add_argument("--trial", type=int, required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--max-shard-size", default="2GB")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 

@@ -125,3 +125,29 @@ def _replace(staging: Path, out_dir: Path) -> None:
     out_dir.rename(retired / "export")
     staging.rename(out_dir)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_trial(
+    study_dir: Path, number: int, out_dir: Path, *, max_shard_size: str | int = "2GB", overwrite: bool = False
+) -> Path:
+    """Export a completed trial of a study, with its scores in the model card."""
+    from optuna.trial import TrialState
+
+    from recycler.pool import load_pool
+    from recycler.study import load_study
+
+    study, info = load_study(study_dir)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise RecyclerError(f"{study_dir}: trial {number} is not in the study (trials 0-{len(trials) - 1})")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise RecyclerError(f"{study_dir}: trial {number} did not complete ({trial.state.name.lower()})")
+    pool = load_pool(info.pool_spec)
+    if pool.fingerprint() != info.fingerprint:
+        raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")
+    recipe = MergeRecipe(trial.user_attrs["weights"], relative=trial.user_attrs.get("relative", False))
+    return export_merge(
+        ResidentMerger(pool), recipe, out_dir, scores=trial.user_attrs.get("scores"),
+        max_shard_size=max_shard_size, overwrite=overwrite,
+    )

@@ -1,0 +1,223 @@
+"""The search: an Optuna multi-objective study driven by ask-and-tell over Ray worker actors.
+
+Baselines (each checkpoint alone, the uniform average) are the first trials, so every front is
+read against them. As many trials are in flight as there are workers; a new one is asked for
+the moment a worker frees up. Every finished trial is in Optuna storage at once, so a killed
+search resumes where it stopped and never re-runs a finished trial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from recycler.errors import RecyclerError
+from recycler.front import hypervolume, reference_point
+from recycler.pool import load_pool
+from recycler.space import SearchSpace, load_space
+from recycler.spec import PoolSpec
+from recycler.study import StudyInfo, read_info, storage_for, write_info
+from recycler.suite import load_suite
+
+DEFAULT_SAMPLER = "TPESampler"
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """'default' or the class name of any Optuna sampler, seeded."""
+    class_name = DEFAULT_SAMPLER if name == "default" else name
+    cls = getattr(optuna.samplers, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, optuna.samplers.BaseSampler):
+        raise RecyclerError(f"search.sampler: unknown Optuna sampler '{name}'")
+    try:
+        return cls(seed=seed)
+    except TypeError:
+        return cls()
+
+
+def _objectives(spec: PoolSpec) -> tuple[list[str], list[str], list[str]]:
+    """Objective names, their directions (from lm-eval's higher_is_better), and held-out tasks."""
+    suite = load_suite(spec.suite)
+    tasks = suite.build_tasks()
+    objectives = list(spec.objectives or suite.held_in)
+    for name in objectives:
+        if name not in suite.held_in:
+            raise RecyclerError(f"objectives: '{name}' is not a held-in task of suite '{suite.spec.name}' ({', '.join(suite.held_in)})")
+    metric = {t.task: t.metric.split(",")[0] for t in suite.tasks}
+    directions = ["maximize" if tasks[o].higher_is_better().get(metric[o], True) else "minimize" for o in objectives]
+    return objectives, directions, suite.held_out
+
+
+def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> tuple[optuna.Study, StudyInfo, SearchSpace]:
+    """Validate everything, then create the study folder or check that it belongs to this pool."""
+    pool = load_pool(spec)
+    space = load_space(spec.search.space, pool.names)
+    objectives, directions, held_out = _objectives(spec)
+    info = StudyInfo(
+        name=spec.name,
+        fingerprint=pool.fingerprint(),
+        spec=spec.model_dump(mode="json"),
+        objectives=objectives,
+        directions=directions,
+        held_out=held_out,
+        storage=storage,
+    )
+    if (folder / "study.json").is_file():
+        existing = read_info(folder)
+        if existing.fingerprint != info.fingerprint:
+            raise RecyclerError(f"{folder}: study belongs to another pool (fingerprint {existing.fingerprint[:12]}, this pool {info.fingerprint[:12]})")
+        if existing.objectives != objectives or existing.spec["search"]["space"] != spec.search.space:
+            raise RecyclerError(f"{folder}: study searched other objectives or another space; use a new study folder")
+        info = existing
+    else:
+        write_info(folder, info)
+    finished = 0
+    try:
+        existing_study = optuna.load_study(study_name=info.name, storage=storage_for(folder, info))
+        finished = len(existing_study.trials)
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        study_name=info.name,
+        storage=storage_for(folder, info),
+        directions=info.directions,
+        sampler=make_sampler(spec.search.sampler, spec.search.seed + finished),
+        load_if_exists=True,
+    )
+    if not study.trials:
+        for label, weights in space.baselines().items():
+            study.enqueue_trial(space.params_for(weights), user_attrs={"baseline": label})
+    return study, info, space
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again."""
+    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in interrupted:
+        study.tell(trial.number, state=TrialState.FAIL)
+        attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "baseline"}}
+        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    return len(interrupted)
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget: completed, or failed for good (not queued again)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(
+        1
+        for t in trials
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried)
+    )
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.Trial
+    worker: Any
+
+
+def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> bool:
+    """Store a worker's result on the trial; a non-finite objective fails the trial with the reason."""
+    scores = result["scores"]
+    trial.set_user_attr("scores", scores)
+    for key in ("merge_seconds", "forward_seconds", "trial_seconds"):
+        trial.set_user_attr(key, result[key])
+    bad = [task for task, value in scores.items() if not math.isfinite(value)]
+    if bad:
+        trial.set_user_attr("error", f"non-finite score on task '{bad[0]}'")
+        study.tell(trial, state=TrialState.FAIL)
+        return False
+    study.tell(trial, [scores[o] for o in info.objectives])
+    return True
+
+
+def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None) -> list[Any]:
+    import ray
+
+    from recycler.workers import MergeWorker
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    workers = spec.resources.workers
+    gpus = spec.resources.gpus_per_worker
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
+    device = "cuda" if gpus > 0 else "cpu"
+    handles = [actor.remote(spec, device, cpus) for _ in range(count or workers)]
+    ray.get([h.ready.remote() for h in handles])
+    return handles
+
+
+def run_search(
+    spec: PoolSpec,
+    folder: str | Path,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> optuna.Study:
+    """Run (or continue) the study until spec.search.trials trials have finished."""
+    import ray
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    study, info, space = prepare_study(spec, folder, storage)
+    requeue_interrupted(study)
+    budget = spec.search.trials
+    if finished_trials(study) >= budget:
+        return study
+    workers = _start_workers(spec, address)
+    idle = list(workers)
+    in_flight: dict[Any, _InFlight] = {}
+    bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not progress, dynamic_ncols=True)
+    try:
+        while True:
+            while idle and finished_trials(study) + len(in_flight) < budget:
+                trial = study.ask()
+                recipe = space.suggest(trial)
+                trial.set_user_attr("weights", dict(recipe.weights))
+                trial.set_user_attr("relative", recipe.relative)
+                worker = idle.pop()
+                in_flight[worker.evaluate.remote(dict(recipe.weights), recipe.relative)] = _InFlight(trial, worker)
+            if not in_flight:
+                break
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            job = in_flight.pop(ref)
+            try:
+                record_result(study, info, job.trial, ray.get(ref))
+                idle.append(job.worker)
+            except ray.exceptions.RayTaskError as error:
+                job.trial.set_user_attr("error", " ".join(str(error.cause).split())[:500])
+                study.tell(job.trial, state=TrialState.FAIL)
+                idle.append(job.worker)
+            except ray.exceptions.RayActorError as error:
+                job.trial.set_user_attr("error", f"worker died: {' '.join(str(error).split())[:300]}")
+                study.tell(job.trial, state=TrialState.FAIL)
+                workers.remove(job.worker)
+                replacement = _start_workers(spec, address, count=1)
+                workers += replacement
+                idle += replacement
+            bar.update(1)
+            bar.set_postfix(_progress(study, info))
+    finally:
+        bar.close()
+        for ref, job in in_flight.items():
+            ray.cancel(ref, force=True)
+        for worker in workers:
+            ray.kill(worker)
+    return study
+
+
+def _progress(study: optuna.Study, info: StudyInfo) -> dict[str, str]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reference = reference_point(complete, info.directions)
+    front = study.best_trials
+    hv = hypervolume([t.values for t in complete], info.directions, reference) if reference is not None else 0.0
+    return {"front": str(len(front)), "hv": f"{hv:.4g}"}

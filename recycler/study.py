@@ -1,0 +1,87 @@
+"""A study folder: what was searched (study.json) and the Optuna storage that holds every trial.
+
+The folder is the unit a user names (`recycler front STUDY`); study.json pins the pool by its
+fingerprint so a study is never continued or exported against a different pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from recycler.errors import RecyclerError
+from recycler.spec import PoolSpec
+
+INFO_FILE = "study.json"
+JOURNAL_FILE = "journal.log"
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a study searches: enough to reload its pool and suite and to read its trials."""
+
+    name: str
+    fingerprint: str
+    spec: dict
+    objectives: list[str]
+    directions: list[str]
+    held_out: list[str]
+    storage: str | None
+
+    @property
+    def pool_spec(self) -> PoolSpec:
+        return PoolSpec.model_validate(self.spec)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return [c["name"] for c in self.spec["checkpoints"]]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write a JSON file through a temporary sibling and a rename: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_info(folder: Path) -> StudyInfo:
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise RecyclerError(f"{folder}: not a study folder (no {INFO_FILE})")
+    try:
+        return StudyInfo(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise RecyclerError(f"{path}: unreadable study file ({error})") from None
+
+
+def write_info(folder: Path, info: StudyInfo) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / INFO_FILE, asdict(info))
+
+
+def storage_for(folder: Path, info: StudyInfo) -> optuna.storages.BaseStorage | str:
+    """The study's Optuna storage: an RDB URL if one was given, else a journal file in the folder."""
+    if info.storage:
+        return info.storage
+    return JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL_FILE)))
+
+
+def load_study(folder: str | Path) -> tuple[optuna.Study, StudyInfo]:
+    """An existing study and its info, for reading fronts and exporting."""
+    folder = Path(folder)
+    info = read_info(folder)
+    try:
+        study = optuna.load_study(study_name=info.name, storage=storage_for(folder, info))
+    except KeyError:
+        raise RecyclerError(f"{folder}: the study '{info.name}' is not in its storage") from None
+    return study, info

@@ -1,0 +1,49 @@
+"""The worker: one pool stacked in memory, one resident model, one suite's requests, kept for a whole search.
+
+Run as a Ray actor by the search; a plain object in tests and in `recycler verify`-style checks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from recycler.evaluate import Scorer
+from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.pool import load_pool
+from recycler.spec import PoolSpec
+from recycler.suite import load_suite
+
+
+class MergeWorker:
+    """Materializes a candidate in place and scores it; nothing is reloaded between candidates."""
+
+    def __init__(self, spec: PoolSpec, device: str = "cpu", threads: int | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        pool = load_pool(spec)
+        self.merger = ResidentMerger(pool, device=device)
+        tokenizer = AutoTokenizer.from_pretrained(str(pool.reference.path))
+        self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
+
+    def evaluate(self, weights: dict[str, float], relative: bool = False) -> dict[str, Any]:
+        """Scores of the merge by task, and the seconds spent merging, in forward passes, and in all."""
+        started = time.perf_counter()
+        self.merger.apply(MergeRecipe(weights, relative=relative))
+        if self.merger.device.type == "cuda":
+            torch.cuda.synchronize()
+        merged = time.perf_counter()
+        result = self.scorer.score()
+        return {
+            "scores": result.scores,
+            "merge_seconds": merged - started,
+            "forward_seconds": result.forward_seconds,
+            "trial_seconds": time.perf_counter() - started,
+        }
+
+    def ready(self) -> bool:
+        return True

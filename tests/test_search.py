@@ -1,0 +1,103 @@
+"""The search loop on a real local Ray (2 CPUs) with real Optuna, on tiny random checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import ray
+import yaml
+from optuna.trial import TrialState
+
+from recycler.front import front_records, hypervolume_history
+from recycler.search import finished_trials, prepare_study, run_search
+from recycler.spec import load_spec
+from recycler.study import load_study
+from recycler.workers import MergeWorker
+from tests.suites import write_suite
+from tests.tiny import write_pool
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def write_spec(root, trials=8, workers=2, space="simplex"):
+    spec_path = write_pool(root, 3)
+    write_suite(root / "suite")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["suite"] = "suite/suite.yaml"
+    spec["search"] = {"space": space, "trials": trials, "sampler": "RandomSampler", "seed": 1}
+    spec["resources"] = {"workers": workers}
+    spec_path.write_text(yaml.safe_dump(spec))
+    return load_spec(spec_path)
+
+
+def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
+    spec = write_spec(tmp_path)
+    folder = tmp_path / "study"
+    study = run_search(spec, folder, progress=False)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert finished_trials(study) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.user_attrs.get("baseline") for t in trials[:4]] == ["c0", "c1", "c2", "uniform"]
+    assert trials[0].user_attrs["weights"] == pytest.approx({"c0": 1.0, "c1": 0.0, "c2": 0.0})
+    assert trials[3].user_attrs["weights"] == pytest.approx({n: 1 / 3 for n in ("c0", "c1", "c2")})
+    for t in trials[4:]:
+        assert sum(t.user_attrs["weights"].values()) == pytest.approx(1.0) and min(t.user_attrs["weights"].values()) >= 0
+
+    # A baseline's scores are what a worker gives that checkpoint alone, and the objectives are the held-in tasks.
+    direct = MergeWorker(spec).evaluate({"c1": 1.0})["scores"]
+    assert trials[1].user_attrs["scores"] == pytest.approx(direct)
+    assert trials[1].values == pytest.approx([direct["sums"], direct["pick"]])
+    assert set(trials[1].user_attrs["scores"]) == {"sums", "pick", "carry"}
+
+    study, info = load_study(folder)
+    records = front_records(study, info)
+    assert {r["trial"] for r in records if r["on_front"]} == {t.number for t in study.best_trials}
+    assert {r["baseline_name"] for r in records if r["baseline"]} == {"c0", "c1", "c2", "uniform"}
+    assert len(hypervolume_history(study, info)) == 8
+
+    before = {t.number: (t.params, t.values) for t in study.trials}
+    bigger = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 11})})
+    study = run_search(bigger, folder, progress=False)
+    assert finished_trials(study) == 11 and len(study.trials) == 11
+    assert {t.number: (t.params, t.values) for t in study.trials if t.number in before} == before
+    assert sum("baseline" in t.user_attrs for t in study.trials) == 4
+
+
+def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray):
+    spec = write_spec(tmp_path, trials=6)
+    folder = tmp_path / "study"
+    study, _, space = prepare_study(spec, folder)
+    running = study.ask()  # a search killed while this trial was being scored leaves it RUNNING
+    space.suggest(running)
+    study = run_search(spec, folder, progress=False)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == by_number[0].params
+    assert retry[0].user_attrs["baseline"] == "c0"
+    assert finished_trials(study) == 6
+
+
+def test_front_json_from_the_command(tmp_path, local_ray):
+    spec = write_spec(tmp_path, trials=6, space="linear")
+    folder = tmp_path / "study"
+    run_search(spec, folder, progress=False)
+    result = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder), "--format", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    front = json.loads(result.stdout)
+    assert front["objectives"] == ["sums", "pick"] and front["held_out"] == ["carry"]
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))))
+    assert {e["trial"] for e in front["trials"] if e["on_front"]} == {t.number for t in study.best_trials}
+    entry = front["trials"][0]
+    assert set(entry) >= {"trial", "weights", "scores", "baseline"}
+    assert set(entry["weights"]) == {"c0", "c1", "c2"} and set(entry["scores"]) == {"sums", "pick", "carry"}
