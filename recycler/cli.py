@@ -91,6 +91,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported trial {args.trial} to {out}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from recycler.report import write_report
+
+    print(f"report: {write_report(Path(args.study), Path(args.out) if args.out else None)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-shard-size", default="2GB")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
     export.set_defaults(handler=_cmd_export)
+
+    report = commands.add_parser("report", help="write a study's self-contained HTML report")
+    report.add_argument("study", help="study folder")
+    report.add_argument("--out", help="HTML file (default STUDY/report.html)")
+    report.set_defaults(handler=_cmd_report)
     return parser
 
 

@@ -44,14 +44,19 @@ class StudyInfo:
         return [c["name"] for c in self.spec["checkpoints"]]
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write a JSON file through a temporary sibling and a rename: readers see old or new, never half."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary sibling and a rename: readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_info(folder: Path) -> StudyInfo:
@@ -66,7 +71,7 @@ def read_info(folder: Path) -> StudyInfo:
 
 def write_info(folder: Path, info: StudyInfo) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / INFO_FILE, asdict(info))
+    write_text_atomic(folder / INFO_FILE, json.dumps(asdict(info), indent=2))
 
 
 def storage_for(folder: Path, info: StudyInfo) -> optuna.storages.BaseStorage | str:

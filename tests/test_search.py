@@ -101,3 +101,23 @@ def test_front_json_from_the_command(tmp_path, local_ray):
     entry = front["trials"][0]
     assert set(entry) >= {"trial", "weights", "scores", "baseline"}
     assert set(entry["weights"]) == {"c0", "c1", "c2"} and set(entry["scores"]) == {"sums", "pick", "carry"}
+
+
+def test_report_and_export_of_a_trial(tmp_path, local_ray):
+    from recycler.export import export_trial
+    from recycler.report import write_report
+
+    spec = write_spec(tmp_path, trials=6)
+    folder = tmp_path / "study"
+    run_search(spec, folder, progress=False)
+    page = write_report(folder).read_text()
+    assert 'id="front-plot"' in page and 'id="hv-plot"' in page and "<script src=" not in page
+    assert "Pareto front" in page and "baselines" in page and "carry (held-out)" in page
+
+    study, info = load_study(folder)
+    best = study.best_trials[0]
+    out = export_trial(folder, best.number, tmp_path / "export")
+    card = (out / "README.md").read_text()
+    assert info.fingerprint in card and f"| sums | {best.user_attrs['scores']['sums']:.4f} |" in card
+    exported = json.loads((out / "recycler.json").read_text())
+    assert exported["weights"] == pytest.approx(best.user_attrs["weights"])

@@ -1,0 +1,98 @@
+"""A self-contained HTML report of a study: the front with its baselines, hypervolume by trial,
+and each front member's weights with held-in and held-out scores. Plotly's JavaScript is inlined,
+so the file works offline."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from recycler.front import front_records, front_table, hypervolume_history
+from recycler.study import load_study, write_text_atomic
+
+_STYLE = {
+    "merge": dict(color="#9aa5b1", size=7, symbol="circle"),
+    "front": dict(color="#d1495b", size=11, symbol="diamond"),
+    "baseline": dict(color="#00798c", size=11, symbol="square"),
+}
+
+
+def _kind(r: dict) -> str:
+    return "baseline" if r["baseline"] else ("front" if r["on_front"] else "merge")
+
+
+def _hover(r: dict) -> str:
+    weights = ", ".join(f"{k}={v:.3f}" for k, v in r["weights"].items())
+    scores = ", ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
+    return f"trial {r['trial']} {r['baseline_name'] or ''}<br>{weights}<br>{scores}"
+
+
+def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
+    """A scatter for two objectives, a scatter matrix for more; baselines and front marked."""
+    figure = go.Figure()
+    for kind in ("merge", "front", "baseline"):
+        group = [r for r in records if _kind(r) == kind]
+        if not group:
+            continue
+        label = {"merge": "dominated merges", "front": "Pareto front", "baseline": "baselines"}[kind]
+        text = [_hover(r) for r in group]
+        if len(objectives) == 2:
+            figure.add_trace(go.Scatter(
+                x=[r["scores"][objectives[0]] for r in group], y=[r["scores"][objectives[1]] for r in group],
+                mode="markers+text" if kind == "baseline" else "markers", name=label, marker=_STYLE[kind],
+                text=[r["baseline_name"] or "" for r in group] if kind == "baseline" else None,
+                textposition="top center", hovertext=text, hoverinfo="text", customdata=[r["trial"] for r in group],
+            ))
+        else:
+            figure.add_trace(go.Splom(
+                dimensions=[{"label": o, "values": [r["scores"][o] for r in group]} for o in objectives],
+                name=label, marker=_STYLE[kind], hovertext=text, hoverinfo="text", customdata=[r["trial"] for r in group],
+                diagonal_visible=False,
+            ))
+    if len(objectives) == 2:
+        figure.update_layout(xaxis_title=objectives[0], yaxis_title=objectives[1])
+    figure.update_layout(title="Pareto front of held-in objectives", height=560, template="plotly_white")
+    return figure
+
+
+def hypervolume_figure(history: list[tuple[int, float]]) -> go.Figure:
+    figure = make_subplots()
+    figure.add_trace(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers", name="hypervolume"))
+    figure.update_layout(title="Hypervolume over the worst baseline, by trial", xaxis_title="trial", yaxis_title="hypervolume",
+                         height=360, template="plotly_white")
+    return figure
+
+
+def render_report(study_dir: Path) -> str:
+    study, info = load_study(study_dir)
+    records = front_records(study, info, include_all=True)
+    shown = [r for r in records if r["on_front"] or r["baseline"]]
+    table = front_table(shown, info).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="front")
+    parts = [
+        front_figure(records, info.objectives).to_html(full_html=False, include_plotlyjs=True, div_id="front-plot"),
+        hypervolume_figure(hypervolume_history(study, info)).to_html(full_html=False, include_plotlyjs=False, div_id="hv-plot"),
+    ]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>recycler: {html.escape(info.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table.front{{border-collapse:collapse;font-size:13px}}
+table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head>
+<body><h1>Study {html.escape(info.name)}</h1>
+<p>Pool fingerprint <code>{info.fingerprint[:16]}</code>; {len(records)} completed trials; objectives (held-in):
+{", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.</p>
+{parts[0]}
+{parts[1]}
+<h2>Front members and baselines</h2>
+<p>Weights per checkpoint (<code>w:</code>), held-in scores, and held-out scores (never optimized). <code>*</code> marks the front.</p>
+{table}
+</body></html>
+"""
+
+
+def write_report(study_dir: Path, out: Path | None = None) -> Path:
+    """Write the report (default STUDY/report.html) atomically."""
+    out = Path(out or Path(study_dir) / "report.html")
+    write_text_atomic(out, render_report(Path(study_dir)))
+    return out
