@@ -97,6 +97,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(Path(args.study), Path(args.out) if args.out else None)}")
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from recycler.demo.run import run_demo
+
+    run_demo(Path(args.dir), trials=args.trials, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study", help="study folder")
     report.add_argument("--out", help="HTML file (default STUDY/report.html)")
     report.set_defaults(handler=_cmd_report)
+
+    demo = commands.add_parser("demo", help="build the demo pool if missing, search it, print the front, export, report")
+    demo.add_argument("--dir", default="recycler-demo", help="where the pool, study, export and report go")
+    demo.add_argument("--trials", type=int, default=60)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
