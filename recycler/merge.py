@@ -63,7 +63,7 @@ class ResidentMerger:
         self.model.eval()
         parameters = self.model.state_dict(keep_vars=True)
         self._targets: dict[str, torch.Tensor] = {}
-        self._stacks: dict[str, torch.Tensor] = {}
+        self.stacks: dict[str, torch.Tensor] = {}
         for name in pool.tensor_names:
             info = pool.reference.tensors[name]
             if not info.dtype.is_floating_point:
@@ -80,7 +80,7 @@ class ResidentMerger:
                     f"the model's parameter {list(target.shape)} {target.dtype}"
                 )
             self._targets[name] = target
-            self._stacks[name] = self._stack(name, info.dtype)
+            self.stacks[name] = self._stack(name, info.dtype)
 
     def _stack(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         members = self.pool.members
@@ -88,20 +88,30 @@ class ResidentMerger:
         stack = torch.empty((len(members), numel), dtype=dtype, device=self.device)
         for row, member in enumerate(members):
             stack[row].copy_(member.tensor(name).reshape(-1))
+            if not torch.isfinite(stack[row]).all():
+                raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
         return stack
 
     @property
     def stacked_bytes(self) -> int:
         """Bytes the resident stacks hold: what one materialization reads."""
-        return sum(s.numel() * s.element_size() for s in self._stacks.values())
+        return sum(s.numel() * s.element_size() for s in self.stacks.values())
 
     @torch.no_grad()
     def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
         """Write the recipe's merge into the resident model's parameters and return the model."""
         coefficients = torch.tensor(recipe.coefficients(self.pool), dtype=torch.float32, device=self.device)
-        for name, stack in self._stacks.items():
+        for name, stack in self.stacks.items():
             _weighted_sum_into(self._targets[name].data.view(-1), stack, coefficients)
         return self.model
+
+    @torch.no_grad()
+    def nonfinite_tensor(self) -> str | None:
+        """The first merged tensor holding NaN or inf, if any: such a candidate must not be scored."""
+        for name, target in self._targets.items():
+            if not torch.isfinite(target).all():
+                return name
+        return None
 
 
 def _weighted_sum_into(out: torch.Tensor, stack: torch.Tensor, coefficients: torch.Tensor) -> None:

@@ -100,7 +100,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "baseline"}}
+        attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}}
         study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
     return len(interrupted)
 
@@ -116,6 +116,29 @@ def finished_trials(study: optuna.Study) -> int:
     )
 
 
+def fail_and_retry(study: optuna.Study, trial: optuna.Trial, error: str, max_retries: int) -> bool:
+    """Record the trial as failed with its error; queue its parameters again while retries remain."""
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    trial.set_user_attr("error", error)
+    study.tell(trial, state=TrialState.FAIL)
+    if attempt > max_retries:
+        return False
+    attrs = {"retry_of": trial.number, "attempt": attempt + 1}
+    if "baseline" in trial.user_attrs:
+        attrs["baseline"] = trial.user_attrs["baseline"]
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
+def _describe(error: Exception) -> str:
+    import ray
+
+    if isinstance(error, ray.exceptions.RayTaskError):
+        cause = error.cause
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())[:400]}"
+    return f"worker died: {' '.join(str(error).split())[:400]}"
+
+
 @dataclass
 class _InFlight:
     trial: optuna.Trial
@@ -123,12 +146,17 @@ class _InFlight:
 
 
 def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> bool:
-    """Store a worker's result on the trial; a non-finite objective fails the trial with the reason."""
+    """Store a worker's result on the trial; a bad candidate (non-finite weights or scores) fails
+    with the reason and is not retried: it would fail again."""
+    if "error" in result:
+        trial.set_user_attr("error", result["error"])
+        study.tell(trial, state=TrialState.FAIL)
+        return False
     scores = result["scores"]
     trial.set_user_attr("scores", scores)
     for key in ("merge_seconds", "forward_seconds", "trial_seconds"):
         trial.set_user_attr(key, result[key])
-    bad = [task for task, value in scores.items() if not math.isfinite(value)]
+    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
     if bad:
         trial.set_user_attr("error", f"non-finite score on task '{bad[0]}'")
         study.tell(trial, state=TrialState.FAIL)
@@ -193,17 +221,13 @@ def run_search(
             try:
                 record_result(study, info, job.trial, ray.get(ref))
                 idle.append(job.worker)
-            except ray.exceptions.RayTaskError as error:
-                job.trial.set_user_attr("error", " ".join(str(error.cause).split())[:500])
-                study.tell(job.trial, state=TrialState.FAIL)
-                idle.append(job.worker)
-            except ray.exceptions.RayActorError as error:
-                job.trial.set_user_attr("error", f"worker died: {' '.join(str(error).split())[:300]}")
-                study.tell(job.trial, state=TrialState.FAIL)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as error:
+                fail_and_retry(study, job.trial, _describe(error), spec.search.max_retries)
                 workers.remove(job.worker)
-                replacement = _start_workers(spec, address, count=1)
-                workers += replacement
-                idle += replacement
+                ray.kill(job.worker)
+                fresh = _start_workers(spec, address, count=1)
+                workers += fresh
+                idle += fresh
             bar.update(1)
             bar.set_postfix(_progress(study, info))
     finally:

@@ -32,10 +32,16 @@ class CheckpointRef(StrictModel):
 class SearchConfig(StrictModel):
     """What to search and for how long."""
 
-    space: Name = "simplex"
+    space: str = Field(default="simplex", description="a space in search_spaces/ or a path to a space file")
     trials: int = Field(default=50, gt=0, description="trials in the study, baselines included")
     sampler: str = Field(default="default", description="'default' or an Optuna sampler class name")
     seed: int = 0
+    max_retries: int = Field(default=2, ge=0, description="times a trial whose worker failed is run again")
+
+    @field_validator("space")
+    @classmethod
+    def _resolve_space(cls, value: str, info: ValidationInfo) -> str:
+        return str(resolve_path(Path(value), info)) if value.endswith((".yaml", ".yml")) else value
 
 
 class Resources(StrictModel):

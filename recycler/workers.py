@@ -37,6 +37,9 @@ class MergeWorker:
         if self.merger.device.type == "cuda":
             torch.cuda.synchronize()
         merged = time.perf_counter()
+        bad_tensor = self.merger.nonfinite_tensor()
+        if bad_tensor is not None:
+            return {"error": f"the merge has NaN or inf in tensor '{bad_tensor}'"}
         result = self.scorer.score()
         return {
             "scores": result.scores,

@@ -1,13 +1,11 @@
 """The search loop on a real local Ray (2 CPUs) with real Optuna, on tiny random checkpoints."""
 
 import json
-import os
 import subprocess
 import sys
 
 import optuna
 import pytest
-import ray
 import yaml
 from optuna.trial import TrialState
 
@@ -18,14 +16,6 @@ from recycler.study import load_study
 from recycler.workers import MergeWorker
 from tests.suites import write_suite
 from tests.tiny import write_pool
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def write_spec(root, trials=8, workers=2, space="simplex"):

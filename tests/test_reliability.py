@@ -1,0 +1,98 @@
+"""Failures during a search: dead workers, bad candidates, NaN checkpoints."""
+
+import os
+import signal
+import threading
+import time
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+from safetensors.torch import load_file, save_file
+
+from recycler.errors import RecyclerError
+from recycler.search import fail_and_retry, finished_trials, run_search
+from recycler.spec import load_spec
+from recycler.workers import MergeWorker
+from tests.suites import write_suite
+from tests.tiny import write_pool
+
+
+def write_spec(root, trials=8, workers=2, space="simplex", max_retries=2):
+    spec_path = write_pool(root, 3)
+    write_suite(root / "suite")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec.update(suite="suite/suite.yaml", resources={"workers": workers},
+                search={"space": space, "trials": trials, "sampler": "RandomSampler", "seed": 1, "max_retries": max_retries})
+    spec_path.write_text(yaml.safe_dump(spec))
+    return load_spec(spec_path)
+
+
+def test_failed_trials_are_retried_up_to_the_limit():
+    study = optuna.create_study(directions=["maximize"])
+    study.enqueue_trial({"x": 0.25}, user_attrs={"baseline": "c0"})
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    for attempt in (1, 2, 3):
+        retried = fail_and_retry(study, trial, f"boom {attempt}", max_retries=2)
+        assert retried == (attempt <= 2)
+        if retried:
+            trial = study.ask()
+            assert trial.suggest_float("x", 0, 1) == 0.25
+            assert trial.user_attrs == {"retry_of": trial.number - 1, "attempt": attempt + 1, "baseline": "c0"}
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+    assert study.trials[-1].user_attrs["error"] == "boom 3"
+    assert finished_trials(study) == 1
+
+
+def _worker_processes():
+    return [p for p in psutil.process_iter(["cmdline"]) if any("ray::MergeWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ray):
+    spec = write_spec(tmp_path, trials=12)
+    folder = tmp_path / "study"
+    outcome = {}
+    search = threading.Thread(target=lambda: outcome.update(study=run_search(spec, folder, progress=False)))
+    search.start()
+    killed = None
+    deadline = time.time() + 240
+    while killed is None and time.time() < deadline:
+        busy = [p for p in _worker_processes() if any(part.startswith("ray::MergeWorker.evaluate") for part in p.info["cmdline"])]
+        if busy:
+            killed = busy[0].pid
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    search.join(timeout=600)
+    assert killed is not None and "study" in outcome
+    study = outcome["study"]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["error"].startswith("worker died")
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == failed[0].params
+    assert finished_trials(study) == 12
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 12
+
+
+def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, local_ray):
+    space = tmp_path / "huge.yaml"
+    space.write_text(yaml.safe_dump({"name": "huge", "rule": "linear", "parameters": {"low": 1e38, "high": 3e38}}))
+    spec = write_spec(tmp_path, trials=6, space=str(space))
+    study = run_search(spec, tmp_path / "study", progress=False)
+    merges = [t for t in study.trials if "baseline" not in t.user_attrs]
+    assert merges and all(t.state == TrialState.FAIL for t in merges)
+    assert all("NaN or inf in tensor" in t.user_attrs["error"] for t in merges)
+    assert not any(t.number in {m.number for m in merges} for t in study.best_trials)
+    assert finished_trials(study) == 6
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
+    spec = write_spec(tmp_path)
+    file = tmp_path / "ckpt2" / "model.safetensors"
+    tensors = load_file(file)
+    tensors["transformer.h.1.mlp.c_proj.bias"][3] = float("nan")
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(RecyclerError, match="checkpoint 'c2' .*tensor 'transformer.h.1.mlp.c_proj.bias' holds NaN or inf"):
+        MergeWorker(spec)
