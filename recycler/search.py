@@ -96,23 +96,30 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again."""
+    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again.
+
+    A trial killed before its parameters were drawn had nothing evaluated; it is failed only.
+    """
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}}
-        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        if not trial.params:
+            continue
+        kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False)
     return len(interrupted)
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget: completed, or failed for good (not queued again)."""
+    """Trials that count against the budget: completed, or failed for good with an error and not
+    queued again. Trials interrupted by a killed search carry no error and do not count."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     return sum(
         1
         for t in trials
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried)
+        if t.state == TrialState.COMPLETE
+        or (t.state == TrialState.FAIL and "error" in t.user_attrs and t.number not in retried)
     )
 
 

@@ -8,6 +8,7 @@ linear merges meaningful. The build is seeded and cached under the hash of its r
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from recycler.demo import skills
 from recycler.demo.skills import ALPHABET, TRAINING_TASKS
 from recycler.demo.tokenizer import build_char_tokenizer
 
@@ -40,7 +42,7 @@ class Branch:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines the pool; its hash names the cached build."""
+    """Everything that determines the pool; its hash, with the data generators' source, names the cached build."""
 
     layers: int = 4
     width: int = 128
@@ -56,13 +58,14 @@ class Recipe:
     branches: tuple[Branch, ...] = ()
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        text = json.dumps(asdict(self), sort_keys=True) + inspect.getsource(skills)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 SINGLE_SKILLS = ("add", "reverse", "sort", "upper", "double", "count")
 
 DEMO_RECIPE = Recipe(
-    base_mixture={**{name: 1.0 for name in SINGLE_SKILLS}, "chains": 0.6},
+    base_mixture={**{name: 1.0 for name in SINGLE_SKILLS}, "chains": 1.5},
     branches=(
         Branch("arith", {"add": 1.0, "count": 1.0}, lr=1e-3, steps=250),
         Branch("order", {"reverse": 1.0, "sort": 1.0}, lr=1e-3, steps=250),
@@ -70,7 +73,7 @@ DEMO_RECIPE = Recipe(
         Branch("add", {"add": 1.0}, lr=1e-3, steps=250),
         Branch("sort_count", {"sort": 1.0, "count": 1.0}, lr=3e-4, steps=250),
         Branch("mixed", {"upper": 1.0, "double": 1.0, "add": 1.0, "chains": 0.5}, lr=1e-3, steps=250),
-        Branch("reverse_long", {"reverse": 1.0}, lr=2e-3, steps=600),
+        Branch("reverse_long", {"reverse": 1.0}, lr=2e-3, steps=500),
     ),
 )
 
@@ -129,7 +132,7 @@ def train(
     lr: float,
     steps: int,
     *,
-    recipe: Recipe,
+    batch_size: int,
     vocab: dict[str, int],
     rng: random.Random,
     on_step: Callable[[int], None] = lambda step: None,
@@ -138,7 +141,7 @@ def train(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
-    data = batches(mixture, recipe.batch_size, rng, vocab)
+    data = batches(mixture, batch_size, rng, vocab)
     for step in range(1, steps + 1):
         input_ids, labels = next(data)
         loss = model(input_ids=input_ids, labels=labels).loss
@@ -155,7 +158,7 @@ def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Pat
     tokenizer.save_pretrained(folder)
 
 
-def pool_spec(recipe: Recipe) -> dict:
+def pool_spec(recipe: Recipe) -> dict[str, object]:
     names = [recipe.early] + [branch.name for branch in recipe.branches]
     return {
         "name": "demo",
@@ -180,8 +183,8 @@ def build_into(folder: Path, recipe: Recipe) -> None:
 
     started = time.perf_counter()
     rng = random.Random(f"{recipe.seed}:base")
-    train(model, recipe.base_mixture, recipe.base_lr, recipe.base_steps, recipe=recipe, vocab=vocab, rng=rng,
-          on_step=snapshot_early)
+    train(model, recipe.base_mixture, recipe.base_lr, recipe.base_steps, batch_size=recipe.batch_size, vocab=vocab,
+          rng=rng, on_step=snapshot_early)
     save(model, tokenizer, folder / "base")
     print(f"base: {recipe.base_steps} steps ({recipe.early} at step {recipe.early_step}) "
           f"in {time.perf_counter() - started:.0f}s", flush=True)
@@ -190,7 +193,7 @@ def build_into(folder: Path, recipe: Recipe) -> None:
         started = time.perf_counter()
         model.load_state_dict(base_state)
         rng = random.Random(f"{recipe.seed}:{branch.name}")
-        train(model, branch.mixture, branch.lr, branch.steps, recipe=recipe, vocab=vocab, rng=rng)
+        train(model, branch.mixture, branch.lr, branch.steps, batch_size=recipe.batch_size, vocab=vocab, rng=rng)
         save(model, tokenizer, folder / "checkpoints" / branch.name)
         print(f"{branch.name}: {branch.steps} steps at lr {branch.lr:g} in {time.perf_counter() - started:.0f}s",
               flush=True)
@@ -215,7 +218,11 @@ def build_demo_pool(out: Path, force: bool = False, recipe: Recipe = DEMO_RECIPE
     staging = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    build_into(staging, recipe)
+    try:
+        build_into(staging, recipe)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out.exists():
         retired = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(retired)
