@@ -30,6 +30,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     from recycler.spec import load_spec
 
     pool = load_pool(load_spec(args.spec))
+    pool.check_finite()
     print(f"pool: {len(pool.checkpoints)} checkpoints{' + base ' + pool.base.name if pool.base else ''}, "
           f"{len(pool.tensor_names)} tensors, {pool.parameter_count:,} parameters, {pool.dtype}")
     print(f"fingerprint: {pool.fingerprint()}")
@@ -45,6 +46,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     check_export_target(Path(args.out).resolve(), args.force)
     pool = load_pool(load_spec(args.spec))
     recipe.coefficients(pool)
+    pool.check_finite()
     out = export_merge(ResidentMerger(pool), recipe, args.out, max_shard_size=args.max_shard_size, overwrite=args.force)
     print(f"exported {recipe.method} merge to {out}")
 
@@ -103,6 +105,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.dir), trials=args.trials, workers=args.workers)
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from recycler.verify import verify_export
+
+    result = verify_export(Path(args.dir), tolerance=args.tolerance, scores=not args.files_only)
+    print(f"{args.dir}: {result.files} files match the manifest")
+    for task, (recorded, measured) in result.scores.items():
+        print(f"  {task}: trial {recorded:.6g}, now {measured:.6g}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="HTML file (default STUDY/report.html)")
     report.set_defaults(handler=_cmd_report)
 
+    verify = commands.add_parser("verify", help="check an export's files against its manifest and re-score it")
+    verify.add_argument("dir", help="export folder")
+    verify.add_argument("--tolerance", type=float, default=1e-6, help="largest score difference accepted (default 1e-6)")
+    verify.add_argument("--files-only", action="store_true", help="check the files, do not re-score")
+    verify.set_defaults(handler=_cmd_verify)
+
     demo = commands.add_parser("demo", help="build the demo pool if missing, search it, print the front, export, report")
     demo.add_argument("--dir", default="recycler-demo", help="where the pool, study, export and report go")
     demo.add_argument("--trials", type=int, default=60)
@@ -156,9 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def quiet_libraries() -> None:
+    """Keep the libraries' progress bars and advisories off stderr, where the user reads our errors."""
+    import logging
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import datasets
+    import optuna
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("lm_eval", "lm-eval", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         args.handler(args)
     except RecyclerError as error:

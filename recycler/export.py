@@ -18,10 +18,12 @@ import yaml
 
 from recycler.errors import RecyclerError
 from recycler.merge import MergeRecipe, ResidentMerger
-from recycler.pool import INDEX_FILE, Pool
+from recycler.pool import INDEX_FILE, Pool, sha256_file
 
 RECIPE_FILE = "mergekit.yaml"
 CARD_FILE = "README.md"
+MANIFEST_FILE = "manifest.json"
+FACTS_FILE = "recycler.json"
 # Files of a checkpoint folder that are weights or describe them; everything else (tokenizer,
 # generation config) is copied from the pool into the export.
 _NOT_COPIED = {INDEX_FILE, "config.json", CARD_FILE, "pytorch_model.bin.index.json"}
@@ -82,10 +84,14 @@ def export_merge(
     out_dir: str | Path,
     *,
     scores: Mapping[str, float] | None = None,
+    suite: str | dict | None = None,
     max_shard_size: str | int = "2GB",
     overwrite: bool = False,
 ) -> Path:
-    """Materialize the recipe in the resident model and write it as an HF checkpoint folder."""
+    """Materialize the recipe in the resident model and write it as an HF checkpoint folder.
+
+    `suite` (a suite name, path or inline mapping) and `scores` let `recycler verify` re-score it.
+    """
     out_dir = Path(out_dir).resolve()
     check_export_target(out_dir, overwrite)
     pool = merger.pool
@@ -101,19 +107,21 @@ def export_merge(
         shutil.copy2(source / "config.json", staging / "config.json")
         (staging / RECIPE_FILE).write_text(yaml.safe_dump(mergekit_recipe(pool, recipe), sort_keys=False))
         (staging / CARD_FILE).write_text(_model_card(pool, recipe, scores))
-        (staging / "recycler.json").write_text(
-            json.dumps(
-                {"fingerprint": pool.fingerprint(), "method": recipe.method, "weights": dict(recipe.weights),
-                 "scores": dict(scores or {})},
-                indent=2,
-            )
-        )
+        facts = {"fingerprint": pool.fingerprint(), "method": recipe.method, "weights": dict(recipe.weights),
+                 "scores": dict(scores or {}), "suite": suite}
+        (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2))
+        (staging / MANIFEST_FILE).write_text(json.dumps({"sha256": file_checksums(staging)}, indent=2))
         os.chmod(staging, 0o755)
         _replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file in the folder but the manifest, by name."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
 
 
 def _replace(staging: Path, out_dir: Path) -> None:
@@ -148,6 +156,6 @@ def export_trial(
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")
     recipe = MergeRecipe(trial.user_attrs["weights"], relative=trial.user_attrs.get("relative", False))
     return export_merge(
-        ResidentMerger(pool), recipe, out_dir, scores=trial.user_attrs.get("scores"),
+        ResidentMerger(pool), recipe, out_dir, scores=trial.user_attrs.get("scores"), suite=info.spec["suite"],
         max_shard_size=max_shard_size, overwrite=overwrite,
     )

@@ -187,7 +187,7 @@ def _check_vocabularies(reference: Checkpoint, others: list[Checkpoint]) -> None
         )
 
 
-def _sha256(file: Path) -> str:
+def sha256_file(file: Path) -> str:
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         while chunk := handle.read(1 << 22):
@@ -239,6 +239,13 @@ class Pool:
     def parameter_count(self) -> int:
         return sum(torch.Size(i.shape).numel() for i in self.reference.tensors.values())
 
+    def check_finite(self) -> None:
+        """Stream every floating tensor once and refuse NaN or inf, naming the checkpoint and tensor."""
+        for member in self.members:
+            for name, info in sorted(member.tensors.items()):
+                if info.dtype.is_floating_point and not torch.isfinite(member.tensor(name)).all():
+                    raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
+
     def fingerprint(self) -> str:
         """sha256 over tensor metadata and every file's checksum: what identifies the pool."""
         if self._fingerprint is None:
@@ -246,7 +253,7 @@ class Pool:
             meta = [(k, list(i.shape), str(i.dtype)) for k, i in sorted(self.reference.tensors.items())]
             digest.update(json.dumps(meta).encode())
             for member in self.members:
-                sums = [_sha256(file) for file in member.files]
+                sums = [sha256_file(file) for file in member.files]
                 digest.update(json.dumps([member.name, member is self.base, sums]).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint

@@ -58,6 +58,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
     pool = load_pool(spec)
     space = load_space(spec.search.space, pool.names)
     objectives, directions, held_out = _objectives(spec)
+    make_sampler(spec.search.sampler, spec.search.seed)
+    pool.check_finite()
     info = StudyInfo(
         name=spec.name,
         fingerprint=pool.fingerprint(),

@@ -111,3 +111,27 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray):
     assert info.fingerprint in card and f"| sums | {best.user_attrs['scores']['sums']:.4f} |" in card
     exported = json.loads((out / "recycler.json").read_text())
     assert exported["weights"] == pytest.approx(best.user_attrs["weights"])
+
+
+def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray):
+    from recycler.errors import RecyclerError
+    from recycler.export import export_trial
+    from recycler.verify import verify_export
+
+    spec = write_spec(tmp_path, trials=6)
+    folder = tmp_path / "study"
+    study = run_search(spec, folder, progress=False)
+    trial = max(study.best_trials, key=lambda t: t.number)
+    out = export_trial(folder, trial.number, tmp_path / "export")
+    result = verify_export(out)
+    assert set(result.scores) == {"sums", "pick", "carry"}
+    for recorded, measured in result.scores.values():
+        assert abs(recorded - measured) <= 1e-6
+    assert result.files == len([p for p in out.iterdir()]) - 1
+
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RecyclerError, match="model.safetensors: sha256 differs from the manifest"):
+        verify_export(out)
