@@ -118,30 +118,42 @@ class Suite:
     def limit(self, task: SuiteTask) -> int | None:
         return task.limit or self.spec.limit
 
+    def task_specs(self) -> dict[str, dict[str, Any] | str]:
+        """What lm-eval loads, by task: a config dict for a local task YAML, or the name of one of
+        lm-eval's own tasks. Local data files are checked here, so their errors name the task."""
+        local = _task_configs(self.spec.task_dir) if self.spec.task_dir else {}
+        specs: dict[str, dict[str, Any] | str] = {}
+        for task in self.tasks:
+            where = self._where(task)
+            config = local.get(task.task)
+            if config is None:
+                if self.spec.task_dir is not None:
+                    raise RecyclerError(f"{where}: no task of that name in {self.spec.task_dir}")
+                specs[task.task] = task.task
+                continue
+            files = [Path(f) for f in _listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
+            for file in files:
+                if not file.is_file():
+                    raise RecyclerError(f"{where}: data file {file} does not exist")
+            if files and all(file.stat().st_size == 0 for file in files):
+                raise RecyclerError(f"{where}: has no examples (its data files are empty)")
+            specs[task.task] = {k: v for k, v in config.items() if k != "_yaml"}
+        return specs
+
+    def _where(self, task: SuiteTask) -> str:
+        return f"suite '{self.spec.name}' ({self.source}): task '{task.task}'"
+
     def build_tasks(self) -> dict[str, Any]:
         """lm-eval Task objects by name, each checked for its data, its metric and its examples."""
         from lm_eval.tasks import TaskManager, get_task_dict
 
-        local = _task_configs(self.spec.task_dir) if self.spec.task_dir else {}
-        manager = None
+        specs = self.task_specs()
+        manager = TaskManager(include_defaults=any(isinstance(s, str) for s in specs.values()))
         built = {}
         for task in self.tasks:
-            where = f"suite '{self.spec.name}' ({self.source}): task '{task.task}'"
-            config = local.get(task.task)
-            if config is not None:
-                config = {k: v for k, v in config.items() if k != "_yaml"}
-                files = [Path(f) for f in _listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
-                for file in files:
-                    if not file.is_file():
-                        raise RecyclerError(f"{where}: data file {file} does not exist")
-                if files and all(file.stat().st_size == 0 for file in files):
-                    raise RecyclerError(f"{where}: has no examples (its data files are empty)")
-            elif self.spec.task_dir is not None:
-                raise RecyclerError(f"{where}: no task of that name in {self.spec.task_dir}")
-            if manager is None:
-                manager = TaskManager(include_defaults=config is None)
+            where = self._where(task)
             try:
-                lm_task = get_task_dict([config or task.task], manager)[task.task]
+                lm_task = get_task_dict([specs[task.task]], manager)[task.task]
             except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
                 detail = " ".join(str(error).split())[:200] or type(error).__name__
                 raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
