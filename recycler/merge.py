@@ -17,7 +17,7 @@ from recycler.errors import RecyclerError
 from recycler.pool import Pool
 
 # Elements converted to float32 at a time when the pool is stored in a narrower dtype.
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
