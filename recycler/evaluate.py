@@ -91,7 +91,8 @@ class Scorer:
                 instance.resps.clear()
                 instance.filtered_resps.clear()
             repeated = [instance for instance in instances for _ in range(instance.repeats)]
-            for response, instance in zip(getattr(self.lm, request_type)(repeated), repeated, strict=True):
+            responses = getattr(self.lm, request_type)(repeated, disable_tqdm=True)
+            for response, instance in zip(responses, repeated, strict=True):
                 instance.resps.append(response)
         scores = {spec.task: self._aggregate(spec.task, spec.metric, self.suite.limit(spec)) for spec in self.suite.tasks}
         return SuiteScores(

@@ -81,7 +81,7 @@ class SimplexSpace(SearchSpace):
 
     def suggest(self, trial: optuna.Trial) -> MergeRecipe:
         floor = self.parameters.floor
-        mass = {n: -math.log(trial.suggest_float(self._key(n), floor, 1.0)) for n in self.checkpoints}
+        mass = {n: 0.0 - math.log(trial.suggest_float(self._key(n), floor, 1.0)) for n in self.checkpoints}
         total = math.fsum(mass.values())
         if total == 0.0:
             return MergeRecipe({n: 1.0 / len(self.checkpoints) for n in self.checkpoints})
