@@ -81,6 +81,7 @@ class ResidentMerger:
                 )
             self._targets[name] = target
             self.stacks[name] = self._stack(name, info.dtype)
+        self._scratch = _Scratch(len(pool.members), self.device)
 
     def _stack(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         members = self.pool.members
@@ -102,7 +103,7 @@ class ResidentMerger:
         """Write the recipe's merge into the resident model's parameters and return the model."""
         coefficients = torch.tensor(recipe.coefficients(self.pool), dtype=torch.float32, device=self.device)
         for name, stack in self.stacks.items():
-            _weighted_sum_into(self._targets[name].data.view(-1), stack, coefficients)
+            _weighted_sum_into(self._targets[name].data.view(-1), stack, coefficients, self._scratch)
         return self.model
 
     @torch.no_grad()
@@ -114,13 +115,31 @@ class ResidentMerger:
         return None
 
 
-def _weighted_sum_into(out: torch.Tensor, stack: torch.Tensor, coefficients: torch.Tensor) -> None:
-    """out = coefficients @ stack, accumulated in float32 (float64 for a float64 pool), cast to out's dtype."""
+def _weighted_sum_into(out: torch.Tensor, stack: torch.Tensor, coefficients: torch.Tensor, scratch: _Scratch) -> None:
+    """out = coefficients @ stack, accumulated in float32 (float64 for a float64 pool), cast to out's dtype.
+
+    A float32 (or float64) stack is one matrix-vector product straight into the parameter. A
+    narrower stack is converted chunk by chunk into preallocated float32 scratch, so no memory is
+    allocated per candidate and the working set stays in cache.
+    """
     compute = torch.float64 if stack.dtype == torch.float64 else torch.float32
     coefficients = coefficients.to(compute)
     if stack.dtype == compute and out.dtype == compute:
         torch.mv(stack.T, coefficients, out=out)
         return
-    for start in range(0, stack.shape[1], _CHUNK):
-        end = min(start + _CHUNK, stack.shape[1])
-        out[start:end].copy_(coefficients @ stack[:, start:end].to(compute))
+    rows, numel = stack.shape
+    for start in range(0, numel, _CHUNK):
+        end = min(start + _CHUNK, numel)
+        wide = scratch.rows[:rows, : end - start]
+        total = scratch.total[: end - start]
+        wide.copy_(stack[:, start:end])
+        torch.mv(wide.T, coefficients, out=total)
+        out[start:end].copy_(total)
+
+
+class _Scratch:
+    """float32 buffers for converting a narrow-dtype stack chunk by chunk."""
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.rows = torch.empty((rows, _CHUNK), dtype=torch.float32, device=device)
+        self.total = torch.empty(_CHUNK, dtype=torch.float32, device=device)
