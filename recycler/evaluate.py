@@ -15,8 +15,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lm_eval.models.huggingface import HFLM
 
 from recycler.suite import Suite
+
+
+class _TokenizeOnceHFLM(HFLM):
+    """lm-eval's HFLM, remembering each request's tokenization: a search scores the same requests
+    for every candidate, and tokenizing them again was a sixth of a trial on the demo pool."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        key = (context, continuation)
+        if key not in self._pairs:
+            self._pairs[key] = super()._encode_pair(context, continuation)
+        return self._pairs[key]
 
 
 @dataclass(frozen=True)
@@ -62,11 +78,9 @@ class Scorer:
     """Scores whatever weights the model holds right now, on one suite."""
 
     def __init__(self, suite: Suite, model: torch.nn.Module, tokenizer: Any) -> None:
-        from lm_eval.models.huggingface import HFLM
-
         self.suite = suite
         self.tasks = suite.build_tasks()
-        self.lm = HFLM(
+        self.lm = _TokenizeOnceHFLM(
             pretrained=model,
             tokenizer=tokenizer,
             add_bos_token=False,
