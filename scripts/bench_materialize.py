@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from recycler.merge import MergeRecipe, ResidentMerger
@@ -67,7 +66,6 @@ def bench_engine(spec: PoolSpec, repeats: int) -> dict:
     # Second reference: a copy of the same bytes (reads them once, writes them once).
     copies = [torch.empty_like(s) for s in stacks]
     copy = timed(lambda: [c.copy_(s) for c, s in zip(copies, stacks)], repeats)
-    del copies
     element = stacks[0].element_size()
     parameters = sum(s.shape[1] for s in stacks)
     moved = sum(s.numel() for s in stacks) * element + parameters * element

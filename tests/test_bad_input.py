@@ -3,7 +3,6 @@
 Each case: one line on stderr naming the input and the problem, exit status 2, and nothing in
 the working tree written or changed."""
 
-import json
 import shutil
 
 import pytest

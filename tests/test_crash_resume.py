@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import optuna
 import psutil
 import yaml
 from optuna.trial import TrialState

@@ -14,20 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from recycler.errors import RecyclerError
 from recycler.search import fail_and_retry, finished_trials, run_search
-from recycler.spec import load_spec
 from recycler.workers import MergeWorker
-from tests.suites import write_suite
-from tests.tiny import write_pool
-
-
-def write_spec(root, trials=8, workers=2, space="simplex", max_retries=2):
-    spec_path = write_pool(root, 3)
-    write_suite(root / "suite")
-    spec = yaml.safe_load(spec_path.read_text())
-    spec.update(suite="suite/suite.yaml", resources={"workers": workers},
-                search={"space": space, "trials": trials, "sampler": "RandomSampler", "seed": 1, "max_retries": max_retries})
-    spec_path.write_text(yaml.safe_dump(spec))
-    return load_spec(spec_path)
+from tests.suites import write_search_spec as write_spec
 
 
 def test_failed_trials_are_retried_up_to_the_limit():

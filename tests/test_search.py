@@ -6,27 +6,13 @@ import sys
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from recycler.front import front_records, hypervolume_history
 from recycler.search import finished_trials, prepare_study, run_search
-from recycler.spec import load_spec
 from recycler.study import load_study
 from recycler.workers import MergeWorker
-from tests.suites import write_suite
-from tests.tiny import write_pool
-
-
-def write_spec(root, trials=8, workers=2, space="simplex"):
-    spec_path = write_pool(root, 3)
-    write_suite(root / "suite")
-    spec = yaml.safe_load(spec_path.read_text())
-    spec["suite"] = "suite/suite.yaml"
-    spec["search"] = {"space": space, "trials": trials, "sampler": "RandomSampler", "seed": 1}
-    spec["resources"] = {"workers": workers}
-    spec_path.write_text(yaml.safe_dump(spec))
-    return load_spec(spec_path)
+from tests.suites import write_search_spec as write_spec
 
 
 def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
