@@ -114,6 +114,25 @@ def _cmd_verify(args: argparse.Namespace) -> None:
         print(f"  {task}: trial {recorded:.6g}, now {measured:.6g}")
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from recycler.service import ServiceConfig, create_app
+    from recycler.service.security import load_token
+
+    data = Path(args.data).expanduser()
+    token_file = Path(args.token_file or data / "token")
+    token, created = load_token(token_file)
+    if created:
+        print(f"API token (shown once; stored in {token_file}, mode 0600): {token}")
+        print(f"page: http://{args.host}:{args.port}/#token={token}")
+    roots = [Path(r) for r in args.allow_root] or [Path.cwd()]
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    config = ServiceConfig(data=data, roots=roots, token=token, address=address, max_body_bytes=args.max_body_bytes)
+    print(f"recycler serve: http://{args.host}:{args.port}/ (data {data}; allowed roots {', '.join(map(str, roots))})", flush=True)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tolerance", type=float, default=1e-6, help="largest score difference accepted (default 1e-6)")
     verify.add_argument("--files-only", action="store_true", help="check the files, do not re-score")
     verify.set_defaults(handler=_cmd_verify)
+
+    serve = commands.add_parser("serve", help="the HTTP API and web page: queue studies, watch their fronts, export trials")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data", default="recycler-service", help="folder for the queue, the studies and the token (default ./recycler-service)")
+    serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                       help="folder under which checkpoints, suites and exports may lie (repeat; default: the current folder)")
+    serve.add_argument("--token-file", help="bearer token file (default DATA/token, created 0600 on first start); RECYCLER_TOKEN overrides")
+    serve.add_argument("--address", help="Ray cluster address to join (default: RAY_ADDRESS, else a local Ray)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.set_defaults(handler=_cmd_serve)
 
     demo = commands.add_parser("demo", help="build the demo pool if missing, search it, print the front, export, report")
     demo.add_argument("--dir", default="recycler-demo", help="where the pool, study, export and report go")

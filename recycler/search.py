@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,12 @@ def run_search(
     storage: str | None = None,
     address: str | None = None,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> optuna.Study:
-    """Run (or continue) the study until spec.search.trials trials have finished."""
+    """Run (or continue) the study until spec.search.trials trials have finished.
+
+    should_stop, checked before each new trial, ends the search early once the trials in flight finish.
+    """
     import ray
     from tqdm import tqdm
 
@@ -216,7 +221,7 @@ def run_search(
     bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not progress, dynamic_ncols=True)
     try:
         while True:
-            while idle and finished_trials(study) + len(in_flight) < budget:
+            while idle and finished_trials(study) + len(in_flight) < budget and not (should_stop and should_stop()):
                 trial = study.ask()
                 recipe = space.suggest(trial)
                 trial.set_user_attr("weights", dict(recipe.weights))

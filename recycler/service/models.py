@@ -1,0 +1,81 @@
+"""The API's request and response bodies; the OpenAPI schema is generated from them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StudyState = Literal["queued", "running", "done", "failed", "cancelled"]
+ExportState = Literal["queued", "running", "done", "failed"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitStudy(_Body):
+    """A pool spec as `recycler run` reads it from YAML, as a JSON object."""
+
+    spec: dict[str, Any] = Field(description="the pool spec mapping")
+    root: str | None = Field(default=None, description="folder that relative paths in the spec resolve against "
+                                                       "(default: the first allowed root); must lie under an allowed root")
+
+
+class StudySummary(BaseModel):
+    id: str
+    name: str
+    state: StudyState
+    finished: int = Field(description="trials finished (completed, or failed for good)")
+    budget: int = Field(description="trials the study runs, baselines included")
+    error: str | None
+    created: float
+    updated: float
+
+
+class TrialEntry(BaseModel):
+    """One trial, with the same fields as an entry of `recycler front --format json`."""
+
+    trial: int
+    baseline: bool
+    baseline_name: str | None
+    on_front: bool
+    relative: bool
+    weights: dict[str, float]
+    scores: dict[str, float]
+
+
+class FrontDocument(BaseModel):
+    """The same document as `recycler front --format json` prints."""
+
+    study: str
+    objectives: list[str]
+    held_out: list[str]
+    trials: list[TrialEntry]
+
+
+class HypervolumePoint(BaseModel):
+    trial: int
+    hypervolume: float
+
+
+class Plots(BaseModel):
+    """Plotly figures (data and layout) for the page: the front and hypervolume by trial."""
+
+    front: dict[str, Any]
+    hypervolume: dict[str, Any]
+
+
+class ExportRequest(_Body):
+    trial: int = Field(ge=0)
+    out: str = Field(description="folder to write the HF checkpoint to; must lie under an allowed root and be empty or absent")
+
+
+class ExportStatus(BaseModel):
+    id: str
+    study_id: str
+    trial: int
+    out: str
+    state: ExportState
+    error: str | None
+    manifest: dict[str, Any] | None = Field(description="the export's manifest.json once it is done")

@@ -1,0 +1,103 @@
+"""The background work of the service: queued studies run one at a time on the Ray cluster, and
+exports are written one at a time beside them. Every state change goes to the store first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from recycler.errors import RecyclerError
+from recycler.service.store import Store
+from recycler.spec import PoolSpec
+
+log = logging.getLogger("recycler.service")
+
+
+class Runner:
+    """Two daemon threads (studies, exports) that poll the store and wake early when told."""
+
+    def __init__(self, store: Store, *, address: str | None = None, poll_seconds: float = 2.0) -> None:
+        self.store = store
+        self.address = address
+        self.poll_seconds = poll_seconds
+        self._stopping = threading.Event()
+        self._wake = {"studies": threading.Event(), "exports": threading.Event()}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Re-queue what the last process left running, join Ray (from the caller's thread, so Ray can
+        install its signal handlers), and start the threads."""
+        self.store.recover()
+        self._init_ray()
+        for kind, work in (("studies", self._run_next_study), ("exports", self._run_next_export)):
+            thread = threading.Thread(target=self._loop, args=(kind, work), name=f"recycler-{kind}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self, kind: str) -> None:
+        self._wake[kind].set()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Ask the running study to stop after its trials in flight; it is queued again for the next start."""
+        self._stopping.set()
+        for event in self._wake.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def _loop(self, kind: str, work: Callable[[], bool]) -> None:
+        while not self._stopping.is_set():
+            if not work():
+                self._wake[kind].wait(self.poll_seconds)
+                self._wake[kind].clear()
+
+    def _init_ray(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    def _run_next_study(self) -> bool:
+        from recycler.search import finished_trials, run_search
+
+        row = self.store.claim_next_study()
+        if row is None:
+            return False
+        try:
+            spec = PoolSpec.model_validate_json(row.spec)
+            study = run_search(spec, self.store.study_folder(row.id), address=self.address, progress=False,
+                               should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
+        except RecyclerError as error:
+            self.store.finish_study(row.id, "failed", str(error))
+            return True
+        except Exception as error:  # a study's failure must not end the runner
+            log.exception("study %s failed", row.id)
+            self.store.finish_study(row.id, "failed", f"{type(error).__name__}: {' '.join(str(error).split())[:400]}")
+            return True
+        if self.store.cancel_requested(row.id):
+            self.store.finish_study(row.id, "cancelled")
+        elif finished_trials(study) >= spec.search.trials:
+            self.store.finish_study(row.id, "done")
+        else:
+            self.store.finish_study(row.id, "queued")
+        return True
+
+    def _run_next_export(self) -> bool:
+        from recycler.export import export_trial
+
+        row = self.store.claim_next_export()
+        if row is None:
+            return False
+        try:
+            export_trial(self.store.study_folder(row.study_id), row.trial, Path(row.out))
+        except Exception as error:  # noqa: BLE001 - any failure is the export's, reported on it
+            message = str(error) if isinstance(error, RecyclerError) else f"{type(error).__name__}: {error}"
+            self.store.finish_export(row.id, "failed", " ".join(message.split())[:400])
+            return True
+        self.store.finish_export(row.id, "done")
+        return True

@@ -1,0 +1,57 @@
+"""Which files a submitted pool spec would make the service read, checked against the allowed roots
+before any of them is opened."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import PurePath
+from typing import Any
+
+from recycler.service.security import AllowedRoots, PathNotAllowed
+from recycler.spec import PoolSpec
+from recycler.suite import SuiteSpec
+
+
+def _is_path(ref: str) -> bool:
+    """The spec's own rule: a suite or space given as a file rather than a name."""
+    return ref.endswith((".yaml", ".yml")) or "/" in ref
+
+
+def _raw_paths(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for i, ref in enumerate(data.get("checkpoints") or []):
+        if isinstance(ref, dict):
+            yield f"checkpoints.{i}.path", ref.get("path")
+    if isinstance(data.get("base"), dict):
+        yield "base.path", data["base"].get("path")
+    suite = data.get("suite")
+    yield ("suite.task_dir", suite.get("task_dir")) if isinstance(suite, dict) else ("suite", suite)
+    if isinstance(data.get("search"), dict):
+        yield "search.space", data["search"].get("space")
+
+
+def refuse_parent_parts(data: dict[str, Any]) -> None:
+    """No `..` in any path as written, even one that would land inside a root."""
+    for where, value in _raw_paths(data):
+        if isinstance(value, str) and ".." in PurePath(value).parts:
+            raise PathNotAllowed(f"{where}: '..' is not allowed in paths ({value})")
+
+
+def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
+    """Every checkpoint, the base, a suite file and its task folder, and a space file must lie under
+    an allowed root (after symlinks). A suite file is read only once it has passed."""
+    from recycler.suite import load_suite
+
+    refs = [(f"checkpoints.{i}.path", ref.path) for i, ref in enumerate(spec.checkpoints)]
+    if spec.base is not None:
+        refs.append(("base.path", spec.base.path))
+    for where, path in refs:
+        roots.check(path, where)
+    if _is_path(spec.search.space):
+        roots.check(spec.search.space, "search.space")
+    suite = spec.suite
+    if isinstance(suite, str) and _is_path(suite):
+        roots.check(suite, "suite")
+        suite = load_suite(suite).spec
+    if isinstance(suite, SuiteSpec) and suite.task_dir is not None:
+        roots.check(suite.task_dir, "suite.task_dir")
+

@@ -1,0 +1,87 @@
+"""The page in a real headless Chromium (Debian's) against a real server: the plotted points are
+the API's front and baselines, a click shows a trial, and the screenshot goes to docs/service.png."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from recycler.service import ServiceConfig, create_app
+from tests.test_service_api import AUTH, TOKEN, pool_spec
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "service.png"
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def server(tmp_path, local_ray):
+    """`recycler serve`'s app under uvicorn on 127.0.0.1 and a free port, stopped at the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(ServiceConfig(data=tmp_path / "data", roots=[tmp_path / "pool"], token=TOKEN))
+    app.state.runner.poll_seconds = 0.2
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(120)
+
+
+def test_page_plots_the_api_front(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    spec = pool_spec(tmp_path / "pool", trials=10)
+    study = httpx.post(f"{server}/api/studies", json={"spec": spec, "root": str(tmp_path / "pool")}, headers=AUTH).json()
+    deadline = time.monotonic() + 90
+    while httpx.get(f"{server}/api/studies/{study['id']}", headers=AUTH).json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    trials = httpx.get(f"{server}/api/studies/{study['id']}/trials", headers=AUTH).json()
+    front = httpx.get(f"{server}/api/studies/{study['id']}/front", headers=AUTH).json()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1250, "height": 1000})
+            page.goto(f"{server}/#token={TOKEN}")
+            page.wait_for_selector("#studies tbody tr a")
+            assert "#token" not in page.url
+            page.click("#studies tbody tr a")
+            page.wait_for_selector("body[data-state=done] #front-table tr:nth-child(2)")
+            traces = page.evaluate("""() => document.getElementById('front-plot').data.map(t => (
+                {name: t.name, points: t.x.map((x, i) => [t.customdata[i], x, t.y[i]])}))""")
+            plotted = {name: sorted(map(tuple, t["points"])) for t in traces for name in [t["name"]]}
+            sums, pick = front["objectives"]
+            expected = {
+                "Pareto front": sorted((r["trial"], r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["on_front"] and not r["baseline"]),
+                "baselines": sorted((r["trial"], r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["baseline"]),
+            }
+            assert {k: v for k, v in plotted.items() if k != "dominated merges"} == expected
+            assert sum(map(len, plotted.values())) == len(trials["trials"])
+
+            member = next(r for r in front["trials"] if r["on_front"])
+            x, y = page.evaluate("""([x, y]) => { const gd = document.getElementById('front-plot'), l = gd._fullLayout;
+                const box = gd.getBoundingClientRect();
+                return [box.left + l.xaxis._offset + l.xaxis.d2p(x), box.top + l.yaxis._offset + l.yaxis.d2p(y)]; }""",
+                                 [member["scores"][sums], member["scores"][pick]])
+            page.mouse.click(x, y)
+            page.wait_for_selector("#detail-table")
+            detail = page.inner_text("#detail")
+            assert "held-out" in detail and "w:c0" in detail
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=False, type="png")
+        finally:
+            browser.close()

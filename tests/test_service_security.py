@@ -1,0 +1,111 @@
+"""The service's guards: bearer token, allowed roots (nothing read or written outside), body size."""
+
+import os
+import stat
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recycler.cli import build_parser
+from recycler.service import ServiceConfig, create_app
+from recycler.service.security import AllowedRoots, PathNotAllowed, load_token
+from tests.test_service_api import AUTH, TOKEN, pool_spec
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    """The API alone (no runner), with the pool's folder the only allowed root; reading a pool or
+    a suite fails the test, so a refused request is shown to have read nothing."""
+    spec = pool_spec(tmp_path / "pool", trials=4)
+    (tmp_path / "outside").mkdir()
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("a file was read")
+
+    monkeypatch.setattr("recycler.pool.load_pool", no_reading)
+    monkeypatch.setattr("recycler.suite.load_suite", no_reading)
+    app = create_app(ServiceConfig(data=tmp_path / "data", roots=[tmp_path / "pool"], token=TOKEN, runner=False))
+    with TestClient(app) as client:
+        client.spec = spec
+        client.tmp = tmp_path
+        yield client
+
+
+def test_every_api_call_needs_the_token(client):
+    calls = [("get", "/api/studies"), ("post", "/api/studies"), ("get", "/api/studies/x"), ("get", "/api/studies/x/front"),
+             ("get", "/api/studies/x/trials"), ("post", "/api/studies/x/cancel"), ("post", "/api/studies/x/exports"),
+             ("get", "/api/studies/x/exports/y"), ("get", "/api/studies/x/plots"), ("get", "/api/studies/x/hypervolume")]
+    for method, path in calls:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = client.request(method, path, headers=headers, json={})
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert client.get("/api/studies", headers=AUTH).json() == []
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_paths_outside_the_roots_are_refused_before_reading(client, tmp_path):
+    outside = tmp_path / "outside"
+    (tmp_path / "pool" / "escape").symlink_to(outside)
+    cases = {
+        "absolute": {"checkpoints": [{"name": "x", "path": str(outside)}]},
+        "dotdot inside the root": {"checkpoints": [{"name": "x", "path": "ckpt0/../ckpt1"}]},
+        "dotdot out": {"checkpoints": [{"name": "x", "path": "../outside"}]},
+        "symlink": {"checkpoints": [{"name": "x", "path": "escape"}]},
+        "base": {"base": {"name": "b", "path": str(outside)}},
+        "suite file": {"suite": str(outside / "suite.yaml")},
+        "space file": {"search": {**client.spec["search"], "space": str(outside / "space.yaml")}},
+    }
+    for label, change in cases.items():
+        spec = {**client.spec, **change}
+        if "checkpoints" in change:
+            spec["checkpoints"] = client.spec["checkpoints"][:1] + change["checkpoints"]
+        response = client.post("/api/studies", json={"spec": spec, "root": str(tmp_path / "pool")}, headers=AUTH)
+        assert response.status_code == 403, (label, response.text)
+        assert "outside the allowed roots" in response.json()["detail"] or "'..'" in response.json()["detail"]
+    response = client.post("/api/studies", json={"spec": client.spec, "root": str(outside)}, headers=AUTH)
+    assert response.status_code == 403 and response.json()["detail"].startswith("root:")
+    assert client.get("/api/studies", headers=AUTH).json() == []
+    assert os.listdir(outside) == []
+
+
+def test_export_outside_the_roots_writes_nothing(client, tmp_path):
+    outside = tmp_path / "outside"
+    for out in (str(outside / "export"), str(tmp_path / "pool" / ".." / "outside" / "export"), str(tmp_path / "pool" / "escape2" / "e")):
+        (tmp_path / "pool" / "escape2").unlink(missing_ok=True)
+        (tmp_path / "pool" / "escape2").symlink_to(outside)
+        response = client.post("/api/studies/nosuch/exports", json={"trial": 0, "out": out}, headers=AUTH)
+        assert response.status_code == 403, response.text
+    assert os.listdir(outside) == []
+
+
+def test_bad_bodies_get_one_line_errors(client):
+    big = {"spec": {"name": "x" * (2 << 20)}}
+    assert client.post("/api/studies", json=big, headers=AUTH).status_code == 413
+    chunks = (b"{" + b" " * 65536 for _ in range(20))
+    assert client.post("/api/studies", content=chunks, headers=AUTH).status_code == 413
+    response = client.post("/api/studies", json={"spec": {**client.spec, "checkpoints": []}}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json() == {"detail": "spec: checkpoints: List should have at least 2 items after validation, not 0"}
+    response = client.post("/api/studies", json={"spek": {}}, headers=AUTH)
+    assert response.status_code == 422 and response.json()["detail"].startswith("body.spec: ")
+
+
+def test_token_is_generated_once_with_0600(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECYCLER_TOKEN", raising=False)
+    path = tmp_path / "data" / "token"
+    token, created = load_token(path)
+    assert created and len(token) >= 40
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_token(path) == (token, False)
+    monkeypatch.setenv("RECYCLER_TOKEN", "from-env")
+    assert load_token(path) == ("from-env", False)
+
+
+def test_roots_and_bind_defaults(tmp_path):
+    roots = AllowedRoots([tmp_path])
+    assert roots.check("a/b", "x") == tmp_path.resolve() / "a" / "b"
+    with pytest.raises(PathNotAllowed):
+        roots.check("/etc/passwd", "x")
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.max_body_bytes == 1 << 20
