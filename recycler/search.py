@@ -101,12 +101,13 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
 def requeue_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by a killed search: mark them failed and queue their parameters again.
 
-    A trial killed before its parameters were drawn had nothing evaluated; it is failed only.
+    A trial killed before all its parameters were drawn (its recipe is recorded once they are)
+    had nothing evaluated; it is failed only.
     """
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        if not trial.params:
+        if "weights" not in trial.user_attrs:
             continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False)

@@ -90,7 +90,7 @@ def test_sigkill_ten_times_loses_nothing_and_counts_nothing_twice(tmp_path):
             if trial.state == TrialState.COMPLETE:
                 finished_at_kill[number] = trial.values
             elif trial.state == TrialState.RUNNING:
-                running_at_kill[number] = trial.params
+                running_at_kill[number] = trial.params if "weights" in trial.user_attrs else None
 
     process = start_run(spec_path, folder)
     assert process.wait(timeout=900) == 0
@@ -105,7 +105,7 @@ def test_sigkill_ten_times_loses_nothing_and_counts_nothing_twice(tmp_path):
     retried = {t.user_attrs["retry_of"]: t for t in trials.values() if "retry_of" in t.user_attrs}
     for number, params in running_at_kill.items():
         assert trials[number].state == TrialState.FAIL
-        if params:  # a trial killed before drawing its parameters had nothing to run again
+        if params:  # a trial killed before its recipe was drawn had nothing to run again
             assert number in retried and retried[number].params == params
     params = [json.dumps(t.params, sort_keys=True) for t in complete]
     assert len(set(params)) == len(params)

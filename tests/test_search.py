@@ -52,7 +52,7 @@ def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray):
     folder = tmp_path / "study"
     study, _, space = prepare_study(spec, folder)
     running = study.ask()  # a search killed while this trial was being scored leaves it RUNNING
-    space.suggest(running)
+    running.set_user_attr("weights", dict(space.suggest(running).weights))  # as the driver records it
     study = run_search(spec, folder, progress=False)
     by_number = {t.number: t for t in study.trials}
     assert by_number[0].state == TrialState.FAIL
