@@ -8,34 +8,29 @@ from pathlib import Path
 
 import yaml
 
-LOGLIKELIHOOD_TASK = """\
+_DATA = """\
 task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
-output_type: loglikelihood
 doc_to_text: "{{{{prompt}}}}"
-doc_to_target: "{{{{answer}}}}{{{{'\\n'}}}}"
 target_delimiter: ""
+"""
+
+LOGLIKELIHOOD_TASK = _DATA + """\
+output_type: loglikelihood
+doc_to_target: "{{{{answer}}}}{{{{'\\n'}}}}"
 metric_list:
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
   - {{metric: perplexity, aggregation: perplexity, higher_is_better: false}}
 """
 
-CHOICE_TASK = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
+CHOICE_TASK = _DATA + """\
 output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: "{{{{label}}}}"
-target_delimiter: ""
 metric_list:
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
   - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}
