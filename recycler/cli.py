@@ -38,14 +38,15 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 def _cmd_merge(args: argparse.Namespace) -> None:
     from recycler.export import check_export_target, export_merge
-    from recycler.merge import MergeRecipe, ResidentMerger
+    from recycler.merge import ResidentMerger
     from recycler.pool import load_pool
+    from recycler.recipes import LinearRecipe
     from recycler.spec import load_spec
 
-    recipe = MergeRecipe(_parse_weights(args.weight), relative=args.relative)
+    recipe = LinearRecipe(_parse_weights(args.weight), relative=args.relative)
     check_export_target(Path(args.out).resolve(), args.force)
     pool = load_pool(load_spec(args.spec))
-    recipe.coefficients(pool)
+    recipe.check(pool)
     pool.check_finite()
     out = export_merge(ResidentMerger(pool), recipe, args.out, max_shard_size=args.max_shard_size, overwrite=args.force)
     print(f"exported {recipe.method} merge to {out}")
@@ -89,8 +90,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from recycler.export import check_export_target, export_trial
 
     check_export_target(Path(args.out).resolve(), args.force)
-    out = export_trial(Path(args.study), args.trial, Path(args.out), max_shard_size=args.max_shard_size, overwrite=args.force)
-    print(f"exported trial {args.trial} to {out}")
+    which = args.trial if args.baseline is None else args.baseline
+    out = export_trial(Path(args.study), which, Path(args.out), max_shard_size=args.max_shard_size, overwrite=args.force)
+    print(f"exported {'trial' if args.baseline is None else 'baseline'} {which} to {out}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -165,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
     front.set_defaults(handler=_cmd_front)
 
-    export = commands.add_parser("export", help="export one trial of a study as an HF checkpoint")
+    export = commands.add_parser("export", help="export one trial (or baseline) of a study as an HF checkpoint")
     export.add_argument("study", help="study folder")
-    export.add_argument("--trial", type=int, required=True)
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int)
+    which.add_argument("--baseline", help="a baseline scored beside the search, by name (e.g. ties)")
     export.add_argument("--out", required=True)
     export.add_argument("--max-shard-size", default="2GB")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")

@@ -12,13 +12,13 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from recycler.errors import RecyclerError
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import INDEX_FILE, Pool, sha256_file
+from recycler.recipes import MergeRecipe, recipe_from_json
 
 RECIPE_FILE = "mergekit.yaml"
 CARD_FILE = "README.md"
@@ -30,22 +30,8 @@ _NOT_COPIED = {INDEX_FILE, "config.json", CARD_FILE, "pytorch_model.bin.index.js
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def mergekit_recipe(pool: Pool, recipe: MergeRecipe) -> dict[str, Any]:
-    """The mergekit configuration that reproduces the merge: same weights, float32 accumulation."""
-    config: dict[str, Any] = {"merge_method": recipe.method}
-    if recipe.relative:
-        config["base_model"] = str(pool.base.path)
-    config["models"] = [
-        {"model": str(c.path), "parameters": {"weight": float(recipe.weights.get(c.name, 0.0))}}
-        for c in pool.checkpoints
-    ]
-    config["parameters"] = {"normalize": False}
-    config["dtype"] = "float32"
-    config["out_dtype"] = str(pool.dtype).removeprefix("torch.")
-    return config
-
-
 def _model_card(pool: Pool, recipe: MergeRecipe, scores: Mapping[str, float] | None) -> str:
+    settings = ", ".join(f"{key} {value}" for key, value in recipe.describe().items())
     lines = [
         "---",
         "library_name: transformers",
@@ -54,15 +40,17 @@ def _model_card(pool: Pool, recipe: MergeRecipe, scores: Mapping[str, float] | N
         "",
         "# A merge made by recycler",
         "",
-        f"Merge method: `{recipe.method}`"
-        + (f", relative to base `{pool.base.name}` ({pool.base.path})." if recipe.relative else "."),
+        f"Merge method: `{recipe.method}`" + (f" ({settings})." if settings else "."),
         "",
         f"Pool fingerprint: `{pool.fingerprint()}`",
         "",
         "| checkpoint | path | weight |",
         "|---|---|---|",
     ]
-    lines += [f"| {c.name} | {c.path} | {recipe.weights.get(c.name, 0.0):.6g} |" for c in pool.checkpoints]
+    weights = recipe.checkpoint_weights()
+    lines += [f"| {c.name} | {c.path} | {weights.get(c.name, 0.0):.6g} |" for c in pool.checkpoints]
+    if pool.base is not None:
+        lines += ["", f"Base: `{pool.base.name}` ({pool.base.path})."]
     if scores:
         lines += ["", "## Scores", "", "| task | score |", "|---|---|"]
         lines += [f"| {task} | {value:.4f} |" for task, value in scores.items()]
@@ -95,7 +83,7 @@ def export_merge(
     out_dir = Path(out_dir).resolve()
     check_export_target(out_dir, overwrite)
     pool = merger.pool
-    recipe.coefficients(pool)
+    recipe.check(pool)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -105,9 +93,9 @@ def export_merge(
             if item.is_file() and item.name not in _NOT_COPIED and not item.name.endswith(_NOT_COPIED_SUFFIXES):
                 shutil.copy2(item, staging / item.name)
         shutil.copy2(source / "config.json", staging / "config.json")
-        (staging / RECIPE_FILE).write_text(yaml.safe_dump(mergekit_recipe(pool, recipe), sort_keys=False))
+        (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe.mergekit_config(pool), sort_keys=False))
         (staging / CARD_FILE).write_text(_model_card(pool, recipe, scores))
-        facts = {"fingerprint": pool.fingerprint(), "method": recipe.method, "weights": dict(recipe.weights),
+        facts = {"fingerprint": pool.fingerprint(), "method": recipe.method, "recipe": recipe.to_json(),
                  "scores": dict(scores or {}), "suite": suite}
         (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2))
         (staging / MANIFEST_FILE).write_text(json.dumps({"sha256": file_checksums(staging)}, indent=2))
@@ -136,26 +124,34 @@ def _replace(staging: Path, out_dir: Path) -> None:
 
 
 def export_trial(
-    study_dir: Path, number: int, out_dir: Path, *, max_shard_size: str | int = "2GB", overwrite: bool = False
+    study_dir: Path, which: int | str, out_dir: Path, *, max_shard_size: str | int = "2GB", overwrite: bool = False
 ) -> Path:
-    """Export a completed trial of a study, with its scores in the model card."""
+    """Export a completed trial of a study (by number) or a baseline scored beside it (by name),
+    with its scores in the model card."""
     from optuna.trial import TrialState
 
+    from recycler.front import side_baselines
     from recycler.pool import load_pool
     from recycler.study import load_study
 
     study, info = load_study(study_dir)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise RecyclerError(f"{study_dir}: trial {number} is not in the study (trials 0-{len(trials) - 1})")
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise RecyclerError(f"{study_dir}: trial {number} did not complete ({trial.state.name.lower()})")
+    if isinstance(which, str):
+        baselines = {label: b for label, b in side_baselines(study).items() if "scores" in b}
+        if which not in baselines:
+            raise RecyclerError(f"{study_dir}: no baseline '{which}' scored beside the search (has: {', '.join(baselines) or 'none'})")
+        recipe_json, scores = baselines[which]["recipe"], baselines[which]["scores"]
+    else:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if which not in trials:
+            raise RecyclerError(f"{study_dir}: trial {which} is not in the study (trials 0-{len(trials) - 1})")
+        trial = trials[which]
+        if trial.state != TrialState.COMPLETE:
+            raise RecyclerError(f"{study_dir}: trial {which} did not complete ({trial.state.name.lower()})")
+        recipe_json, scores = trial.user_attrs["recipe"], trial.user_attrs.get("scores")
     pool = load_pool(info.pool_spec)
     if pool.fingerprint() != info.fingerprint:
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")
-    recipe = MergeRecipe(trial.user_attrs["weights"], relative=trial.user_attrs.get("relative", False))
     return export_merge(
-        ResidentMerger(pool), recipe, out_dir, scores=trial.user_attrs.get("scores"), suite=info.spec["suite"],
+        ResidentMerger(pool), recipe_from_json(recipe_json), out_dir, scores=scores, suite=info.spec["suite"],
         max_shard_size=max_shard_size, overwrite=overwrite,
     )

@@ -1,4 +1,8 @@
-"""The Pareto front of a study, with the baselines beside it, as records, tables and hypervolume."""
+"""The Pareto front of a study, with the baselines beside it, as records, tables and hypervolume.
+
+Baselines are trials (those the search space can express) or entries of the study's user
+attributes (the merge methods scored beside the search); records treat both alike.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,12 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implementation
 from optuna.trial import FrozenTrial, TrialState
 
+from recycler.baselines import reference_labels
+from recycler.recipes import recipe_from_json
 from recycler.study import StudyInfo
+
+# Study user attribute holding a baseline scored beside the trials, by label.
+BASELINE_ATTR = "baseline:{}"
 
 
 def is_baseline(trial: FrozenTrial) -> bool:
@@ -22,13 +31,23 @@ def _losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return values * signs
 
 
-def reference_point(trials: list[FrozenTrial], directions: list[str]) -> np.ndarray | None:
-    """The worst baseline value per objective (as a loss): hypervolume then measures what the
-    search gained over the baselines, in the objectives' own units."""
-    baselines = [t.values for t in trials if is_baseline(t) and t.state == TrialState.COMPLETE]
-    if not baselines:
+def side_baselines(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Baselines scored beside the trials, by label: recipe, and scores or error."""
+    prefix = BASELINE_ATTR.format("")
+    return {key[len(prefix):]: value for key, value in study.user_attrs.items() if key.startswith(prefix)}
+
+
+def reference_point(study: optuna.Study, info: StudyInfo) -> np.ndarray | None:
+    """The worst value per objective (as a loss) of the checkpoints alone and their average:
+    hypervolume then measures what the search gained over them, in the objectives' own units."""
+    labels = reference_labels(info.checkpoints)
+    values = [t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("baseline") in labels]
+    values += [[b["scores"][o] for o in info.objectives] for label, b in side_baselines(study).items()
+               if label in labels and "scores" in b]
+    if not values:
         return None
-    return _losses(np.array(baselines, dtype=float), directions).max(axis=0)
+    return _losses(np.array(values, dtype=float), info.directions).max(axis=0)
 
 
 def hypervolume(values: list[list[float]], directions: list[str], reference: np.ndarray) -> float:
@@ -43,7 +62,7 @@ def hypervolume(values: list[list[float]], directions: list[str], reference: np.
 def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int, float]]:
     """(trial number, hypervolume of all trials completed up to it), in trial order."""
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
-    reference = reference_point(trials, info.directions)
+    reference = reference_point(study, info)
     if reference is None:
         return []
     history, seen = [], []
@@ -53,33 +72,53 @@ def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int,
     return history
 
 
-def record(trial: FrozenTrial, info: StudyInfo, on_front: bool) -> dict[str, Any]:
-    """One trial as the JSON a user or the service reads: weights, scores, and what it is."""
+def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
+    better = [x * s >= y * s for x, y, s in zip(a, b, signs)]
+    return all(better) and any(x != y for x, y in zip(a, b))
+
+
+def _record(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool) -> dict[str, Any]:
+    merge = recipe_from_json(recipe)
     return {
-        "trial": trial.number,
-        "baseline": is_baseline(trial),
-        "baseline_name": trial.user_attrs.get("baseline"),
+        "trial": trial,
+        "baseline": label is not None,
+        "baseline_name": label,
         "on_front": on_front,
-        "relative": bool(trial.user_attrs.get("relative", False)),
-        "weights": trial.user_attrs.get("weights", {}),
-        "scores": trial.user_attrs.get("scores", {}),
+        "method": merge.method,
+        "settings": merge.describe(),
+        "weights": merge.checkpoint_weights(),
+        "scores": scores,
+        "recipe": recipe,
     }
 
 
 def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = False) -> list[dict[str, Any]]:
-    """The Pareto front (Optuna's own `best_trials`) and every baseline, in trial order."""
-    front = {t.number for t in study.best_trials}
+    """The Pareto front (Optuna's own `best_trials`), every baseline trial in trial order, then the
+    baselines scored beside the search (trial None). A baseline's `beaten_by_front` says whether a
+    front member dominates it."""
+    front = study.best_trials
+    numbers = {t.number for t in front}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    keep = [t for t in complete if include_all or t.number in front or is_baseline(t)]
-    return [record(t, info, t.number in front) for t in sorted(keep, key=lambda t: t.number)]
+    keep = [t for t in complete if include_all or t.number in numbers or is_baseline(t)]
+    records = [_record(t.number, t.user_attrs.get("baseline"), t.user_attrs["recipe"], t.user_attrs["scores"], t.number in numbers)
+               for t in sorted(keep, key=lambda t: t.number)]
+    records += [_record(None, label, b["recipe"], b["scores"], False) for label, b in side_baselines(study).items() if "scores" in b]
+    for r in records:
+        values = [r["scores"][o] for o in info.objectives]
+        r["beaten_by_front"] = any(_dominates(t.values, values, info.directions) for t in front) if r["baseline"] else None
+    return records
 
 
 def front_table(records: list[dict[str, Any]], info: StudyInfo) -> pd.DataFrame:
-    """A flat table: trial, kind, front membership, one column per weight and per task."""
+    """A flat table: trial, kind, method, front membership (or 'beaten' for a baseline a front member
+    dominates), one column per weight, the method's settings, one column per task."""
     rows = []
     for r in records:
-        row = {"trial": r["trial"], "kind": r["baseline_name"] or "merge", "front": "*" if r["on_front"] else ""}
+        row = {"trial": "-" if r["trial"] is None else r["trial"], "kind": r["baseline_name"] or "merge", "method": r["method"],
+               "front": "*" if r["on_front"] else ("beaten" if r.get("beaten_by_front") else "")}
         row.update({f"w:{name}": r["weights"].get(name, 0.0) for name in info.checkpoints})
+        row["settings"] = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
         row.update({task: r["scores"].get(task) for task in info.objectives})
         row.update({f"{task} (held-out)": r["scores"].get(task) for task in info.held_out})
         rows.append(row)

@@ -1,54 +1,26 @@
-"""The merge engine: θ = Σ wᵢ θᵢ (or θ_base + Σ wᵢ (θᵢ − θ_base)) written in place into one resident model.
+"""The merge engine: a candidate merge written in place into one resident model.
 
-Each parameter's N source tensors are stacked once into an (N, numel) matrix, so a candidate is
-one weighted sum per parameter (a vector-matrix product), accumulated in float32 and cast back
-to the parameter's dtype. No file is written and no second model is built per candidate.
+Each parameter's source tensors (the checkpoints in pool order, then the base) are stacked once
+into an (rows, numel) matrix. A linear candidate is one weighted sum per parameter (a
+vector-matrix product), accumulated in float32 and cast back to the parameter's dtype; the
+recipes in `recycler.recipes` say what to write. No file is written and no second model is
+built per candidate.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from recycler.errors import RecyclerError
 from recycler.pool import Pool
 
+if TYPE_CHECKING:
+    from recycler.recipes import MergeRecipe
+
 # Elements converted to float32 at a time when the pool is stored in a narrower dtype.
 _CHUNK = 1 << 18
-
-
-@dataclass(frozen=True)
-class MergeRecipe:
-    """The weights of one merge, by checkpoint name; relative to the pool's base when `relative`."""
-
-    weights: Mapping[str, float]
-    relative: bool = False
-
-    @property
-    def method(self) -> str:
-        """The mergekit merge_method that computes the same merge."""
-        return "task_arithmetic" if self.relative else "linear"
-
-    def coefficients(self, pool: Pool) -> list[float]:
-        """One coefficient per stacked row: the checkpoints in pool order, then the base if any.
-
-        θ_base + Σ wᵢ (θᵢ − θ_base) = (1 − Σ wᵢ) θ_base + Σ wᵢ θᵢ, so a relative merge is linear too.
-        """
-        unknown = sorted(set(self.weights) - set(pool.names))
-        if unknown:
-            raise RecyclerError(f"merge weights name '{unknown[0]}', which is not a checkpoint of the pool ({', '.join(pool.names)})")
-        values = [float(self.weights.get(name, 0.0)) for name in pool.names]
-        bad = [name for name, w in zip(pool.names, values) if not math.isfinite(w)]
-        if bad:
-            raise RecyclerError(f"merge weight of '{bad[0]}' is not a finite number")
-        if self.relative:
-            if pool.base is None:
-                raise RecyclerError("a merge relative to a base needs a pool with a base checkpoint")
-            return values + [1.0 - math.fsum(values)]
-        return values + ([0.0] if pool.base else [])
 
 
 class ResidentMerger:
@@ -82,6 +54,7 @@ class ResidentMerger:
             self._targets[name] = target
             self.stacks[name] = self._stack(name, info.dtype)
         self._scratch = _Scratch(len(pool.members), self.device)
+        self._cosines: dict[tuple[str, int, int], float] = {}
 
     def _stack(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         members = self.pool.members
@@ -98,12 +71,37 @@ class ResidentMerger:
         """Bytes the resident stacks hold: what one materialization reads."""
         return sum(s.numel() * s.element_size() for s in self.stacks.values())
 
+    @property
+    def row_count(self) -> int:
+        return len(self.pool.members)
+
+    def row_vector(self, coefficients: list[float]) -> torch.Tensor:
+        """One coefficient per stacked row, on the merger's device."""
+        return torch.tensor(coefficients, dtype=torch.float32, device=self.device)
+
+    def write_weighted(self, name: str, coefficients: torch.Tensor) -> None:
+        """Parameter `name` = coefficients @ its stack."""
+        _weighted_sum_into(self._targets[name].data.view(-1), self.stacks[name], coefficients, self._scratch)
+
+    def write_values(self, name: str, values: torch.Tensor) -> None:
+        """Parameter `name` = these flat float32 values, cast to its dtype."""
+        self._targets[name].data.view(-1).copy_(values)
+
+    def cosine(self, name: str, i: int, j: int, eps: float) -> float:
+        """Cosine between rows i and j of a stack (norms below eps count as 1), computed once per pair."""
+        key = (name, i, j)
+        if key not in self._cosines:
+            a, b = (self.stacks[name][r].to(torch.float64) for r in (i, j))
+            norm_a, norm_b = (float(torch.linalg.vector_norm(v)) for v in (a, b))
+            dot = float(a @ b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))
+            self._cosines[key] = min(1.0, max(-1.0, dot))
+        return self._cosines[key]
+
     @torch.no_grad()
     def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
         """Write the recipe's merge into the resident model's parameters and return the model."""
-        coefficients = torch.tensor(recipe.coefficients(self.pool), dtype=torch.float32, device=self.device)
-        for name, stack in self.stacks.items():
-            _weighted_sum_into(self._targets[name].data.view(-1), stack, coefficients, self._scratch)
+        recipe.check(self.pool)
+        recipe.write(self)
         return self.model
 
     @torch.no_grad()

@@ -24,10 +24,17 @@ def _kind(r: dict) -> str:
     return "baseline" if r["baseline"] else ("front" if r["on_front"] else "merge")
 
 
+def point_key(r: dict) -> int | str:
+    """What a plotted point carries: its trial number, or a side baseline's name."""
+    return r["baseline_name"] if r["trial"] is None else r["trial"]
+
+
 def _hover(r: dict) -> str:
     weights = ", ".join(f"{k}={v:.3f}" for k, v in r["weights"].items())
+    settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
     scores = ", ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
-    return f"trial {r['trial']} {r['baseline_name'] or ''}<br>{weights}<br>{scores}"
+    where = f"trial {r['trial']}" if r["trial"] is not None else "scored beside the search"
+    return f"{where} {r['baseline_name'] or ''} ({r['method']}{', ' + settings if settings else ''})<br>{weights}<br>{scores}"
 
 
 def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
@@ -44,12 +51,12 @@ def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
                 x=[r["scores"][objectives[0]] for r in group], y=[r["scores"][objectives[1]] for r in group],
                 mode="markers+text" if kind == "baseline" else "markers", name=label, marker=_STYLE[kind],
                 text=[r["baseline_name"] or "" for r in group] if kind == "baseline" else None,
-                textposition="top center", hovertext=text, hoverinfo="text", customdata=[r["trial"] for r in group],
+                textposition="top center", hovertext=text, hoverinfo="text", customdata=[point_key(r) for r in group],
             ))
         else:
             figure.add_trace(go.Splom(
                 dimensions=[{"label": o, "values": [r["scores"][o] for r in group]} for o in objectives],
-                name=label, marker=_STYLE[kind], hovertext=text, hoverinfo="text", customdata=[r["trial"] for r in group],
+                name=label, marker=_STYLE[kind], hovertext=text, hoverinfo="text", customdata=[point_key(r) for r in group],
                 diagonal_visible=False,
             ))
     if len(objectives) == 2:

@@ -1,7 +1,8 @@
 """The search: an Optuna multi-objective study driven by ask-and-tell over Ray worker actors.
 
-Baselines (each checkpoint alone, the uniform average) are the first trials, so every front is
-read against them. As many trials are in flight as there are workers; a new one is asked for
+Baselines (each checkpoint alone, the uniform average, the literature's merge methods at their
+defaults) are scored first, so every front is read against them: those the search space can
+express are its first trials, the others are recorded on the study beside the trials. As many trials are in flight as there are workers; a new one is asked for
 the moment a worker frees up. Every finished trial is in Optuna storage at once, so a killed
 search resumes where it stopped and never re-runs a finished trial.
 """
@@ -18,9 +19,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from recycler.baselines import baseline_recipes
 from recycler.errors import RecyclerError
-from recycler.front import hypervolume, reference_point
-from recycler.pool import load_pool
+from recycler.front import BASELINE_ATTR, hypervolume, reference_point
+from recycler.pool import Pool, load_pool
+from recycler.recipes import MergeRecipe, layer_count
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, read_info, storage_for, write_info
@@ -57,7 +60,7 @@ def _objectives(spec: PoolSpec) -> tuple[list[str], list[str], list[str]]:
 def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> tuple[optuna.Study, StudyInfo, SearchSpace]:
     """Validate everything, then create the study folder or check that it belongs to this pool."""
     pool = load_pool(spec)
-    space = load_space(spec.search.space, pool.names)
+    space = load_space(spec.search.space, pool.names, layers=layer_count(pool.tensor_names))
     objectives, directions, held_out = _objectives(spec)
     make_sampler(spec.search.sampler, spec.search.seed)
     pool.check_finite()
@@ -93,9 +96,20 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
         load_if_exists=True,
     )
     if not study.trials:
-        for label, weights in space.baselines().items():
-            study.enqueue_trial(space.params_for(weights), user_attrs={"baseline": label})
+        for label, recipe in baseline_recipes(pool.names, pool.base is not None).items():
+            params = space.params_for(recipe)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"baseline": label})
     return study, info, space
+
+
+def pending_baselines(study: optuna.Study, space: SearchSpace, pool: Pool) -> dict[str, MergeRecipe]:
+    """Baselines the space cannot express and the study has not recorded yet."""
+    return {
+        label: recipe
+        for label, recipe in baseline_recipes(pool.names, pool.base is not None).items()
+        if space.params_for(recipe) is None and BASELINE_ATTR.format(label) not in study.user_attrs
+    }
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -107,7 +121,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        if "weights" not in trial.user_attrs:
+        if "recipe" not in trial.user_attrs:
             continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False)
@@ -152,8 +166,22 @@ def _describe(error: Exception) -> str:
 
 @dataclass
 class _InFlight:
-    trial: optuna.Trial
     worker: Any
+    trial: optuna.Trial | None = None
+    baseline: str | None = None
+    recipe: MergeRecipe | None = None
+
+
+def record_baseline(study: optuna.Study, label: str, recipe: MergeRecipe, result: dict[str, Any]) -> None:
+    """Store a baseline scored beside the trials on the study: its recipe and scores, or its error."""
+    entry: dict[str, Any] = {"recipe": recipe.to_json()}
+    scores = result.get("scores", {})
+    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
+    if "error" in result or bad:
+        entry["error"] = result.get("error") or f"non-finite score on task '{bad[0]}'"
+    else:
+        entry["scores"] = scores
+    study.set_user_attr(BASELINE_ATTR.format(label), entry)
 
 
 def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> bool:
@@ -205,7 +233,7 @@ def run_search(
 ) -> optuna.Study:
     """Run (or continue) the study until spec.search.trials trials have finished.
 
-    should_stop, checked before each new trial, ends the search early once the trials in flight finish.
+    should_stop, checked each time a worker frees up, ends the search early once the trials in flight finish.
     """
     import ray
     from tqdm import tqdm
@@ -214,35 +242,55 @@ def run_search(
     study, info, space = prepare_study(spec, folder, storage)
     requeue_interrupted(study)
     budget = spec.search.trials
-    if finished_trials(study) >= budget:
+    baselines = pending_baselines(study, space, load_pool(spec))
+    if finished_trials(study) >= budget and not baselines:
         return study
     workers = _start_workers(spec, address)
     idle = list(workers)
     in_flight: dict[Any, _InFlight] = {}
+    deaths: dict[str, int] = {}  # side baselines whose worker died, scored again like a failed trial
     bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not progress, dynamic_ncols=True)
     try:
+        stopping = False
         while True:
-            while idle and finished_trials(study) + len(in_flight) < budget and not (should_stop and should_stop()):
+            stopping = stopping or bool(should_stop and should_stop())
+            while idle and baselines and not stopping:
+                label, recipe = baselines.popitem()
+                worker = idle.pop()
+                in_flight[worker.evaluate.remote(recipe.to_json())] = _InFlight(worker, baseline=label, recipe=recipe)
+            while idle and finished_trials(study) + _trials_in(in_flight) < budget and not stopping:
                 trial = study.ask()
                 recipe = space.suggest(trial)
-                trial.set_user_attr("weights", dict(recipe.weights))
-                trial.set_user_attr("relative", recipe.relative)
+                trial.set_user_attr("recipe", recipe.to_json())
+                trial.set_user_attr("weights", recipe.checkpoint_weights())
                 worker = idle.pop()
-                in_flight[worker.evaluate.remote(dict(recipe.weights), recipe.relative)] = _InFlight(trial, worker)
+                in_flight[worker.evaluate.remote(recipe.to_json())] = _InFlight(worker, trial=trial)
             if not in_flight:
                 break
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             job = in_flight.pop(ref)
             try:
-                record_result(study, info, job.trial, ray.get(ref))
+                result = ray.get(ref)
                 idle.append(job.worker)
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as error:
-                fail_and_retry(study, job.trial, _describe(error), spec.search.max_retries)
+                result = {"error": _describe(error)}
                 workers.remove(job.worker)
                 ray.kill(job.worker)
                 fresh = _start_workers(spec, address, count=1)
                 workers += fresh
                 idle += fresh
+                if job.trial is not None:
+                    fail_and_retry(study, job.trial, result["error"], spec.search.max_retries)
+                    bar.update(1)
+                    continue
+                deaths[job.baseline] = deaths.get(job.baseline, 0) + 1
+                if deaths[job.baseline] <= spec.search.max_retries:
+                    baselines[job.baseline] = job.recipe
+                    continue
+            if job.trial is None:
+                record_baseline(study, job.baseline, job.recipe, result)
+                continue
+            record_result(study, info, job.trial, result)
             bar.update(1)
             bar.set_postfix(_progress(study, info))
     finally:
@@ -254,9 +302,13 @@ def run_search(
     return study
 
 
+def _trials_in(in_flight: dict[Any, _InFlight]) -> int:
+    return sum(job.trial is not None for job in in_flight.values())
+
+
 def _progress(study: optuna.Study, info: StudyInfo) -> dict[str, str]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reference = reference_point(complete, info.directions)
+    reference = reference_point(study, info)
     front = study.best_trials
     hv = hypervolume([t.values for t in complete], info.directions, reference) if reference is not None else 0.0
     return {"front": str(len(front)), "hv": f"{hv:.4g}"}

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from recycler.errors import RecyclerError
 from recycler.config import Name, StrictModel, first_error, resolve_path
+from recycler.errors import RecyclerError
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "eval_suites"
 

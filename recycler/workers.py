@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from recycler.evaluate import Scorer
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
+from recycler.recipes import recipe_from_json
 from recycler.spec import PoolSpec
 from recycler.suite import load_suite
 
@@ -30,10 +31,10 @@ class MergeWorker:
         tokenizer = AutoTokenizer.from_pretrained(str(pool.reference.path))
         self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
 
-    def evaluate(self, weights: dict[str, float], relative: bool = False) -> dict[str, Any]:
-        """Scores of the merge by task, and the seconds spent merging, in forward passes, and in all."""
+    def evaluate(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        """Scores of the merge (a recipe's JSON) by task, and the seconds spent merging, in forward passes, and in all."""
         started = time.perf_counter()
-        self.merger.apply(MergeRecipe(weights, relative=relative))
+        self.merger.apply(recipe_from_json(recipe))
         if self.merger.device.type == "cuda":
             torch.cuda.synchronize()
         merged = time.perf_counter()

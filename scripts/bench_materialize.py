@@ -5,6 +5,7 @@ Every figure is a ratio to a reference measured in the same run, since absolute 
 shared machine. Usage:
     python scripts/bench_materialize.py --layers 12 --width 768 --counts 2 4 8 16 --dtypes float32 bfloat16
     python scripts/bench_materialize.py --mergekit --counts 4 --dtypes float32
+    python scripts/bench_materialize.py --methods --counts 4 --dtypes float32
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
+from recycler.recipes import LinearRecipe
 from recycler.spec import PoolSpec
 
 
-def write_pool(root: Path, count: int, dtype: torch.dtype, layers: int, width: int) -> PoolSpec:
+def write_pool(root: Path, count: int, dtype: torch.dtype, layers: int, width: int, base: bool = False) -> PoolSpec:
     from recycler.demo.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer("abcdefghij0123456789\n")
     config = GPT2Config(n_layer=layers, n_embd=width, n_head=max(1, width // 64), vocab_size=50257, n_positions=1024)
     refs = []
-    for i in range(count):
+    for i in range(count + base):
         folder = root / f"c{i}"
         if not folder.exists():
             torch.manual_seed(i)
@@ -41,6 +43,8 @@ def write_pool(root: Path, count: int, dtype: torch.dtype, layers: int, width: i
             tokenizer.save_pretrained(folder)
             del model
         refs.append({"name": f"c{i}", "path": str(folder)})
+    if base:  # the last folder serves as the base
+        return PoolSpec.model_validate({"name": "bench", "checkpoints": refs[:-1], "base": {"name": "base", "path": refs[-1]["path"]}})
     return PoolSpec.model_validate({"name": "bench", "checkpoints": refs})
 
 
@@ -58,7 +62,7 @@ def bench_engine(spec: PoolSpec, repeats: int) -> dict:
     merger = ResidentMerger(load_pool(spec))
     n = len(spec.checkpoints)
     weights = {c.name: 1.0 / n for c in spec.checkpoints}
-    ours = timed(lambda: merger.apply(MergeRecipe(weights)), repeats)
+    ours = timed(lambda: merger.apply(LinearRecipe(weights)), repeats)
     stacks = list(merger.stacks.values())
     # Reference: torch reading the same stacked bytes once (a contiguous full sum): the read
     # bandwidth floor. The engine moves these bytes plus one write of the merged model.
@@ -85,12 +89,10 @@ def bench_mergekit(spec: PoolSpec, root: Path, repeats: int) -> dict:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from recycler.export import mergekit_recipe
-
     pool = load_pool(spec)
     n = len(spec.checkpoints)
-    recipe = MergeRecipe({c.name: 1.0 / n for c in spec.checkpoints})
-    config = MergeConfiguration.model_validate(mergekit_recipe(pool, recipe))
+    recipe = LinearRecipe({c.name: 1.0 / n for c in spec.checkpoints})
+    config = MergeConfiguration.model_validate(recipe.mergekit_config(pool))
     out = root / "mergekit-out"
 
     def mergekit_candidate():
@@ -103,6 +105,26 @@ def bench_mergekit(spec: PoolSpec, root: Path, repeats: int) -> dict:
     return {"checkpoints": n, "engine_s": ours, "mergekit_merge_and_load_s": theirs, "speedup": theirs / ours}
 
 
+def bench_methods(spec: PoolSpec, repeats: int) -> list[dict]:
+    """Seconds per candidate for each merge method, as a ratio to the fused linear sum over the same stacks."""
+    from recycler.baselines import baseline_recipes
+    from recycler.recipes import LayerwiseRecipe
+
+    merger = ResidentMerger(load_pool(spec))
+    names = [c.name for c in spec.checkpoints]
+    recipes = {label: r for label, r in baseline_recipes(names, has_base=True).items() if label not in names}
+    uniform = dict(recipes["uniform"].weights)
+    blocks = -(-merger.model.config.num_hidden_layers // 2)
+    recipes["layerwise"] = LayerwiseRecipe(tuple(uniform for _ in range(blocks)), uniform, block_size=2)
+    reference = timed(lambda: merger.apply(recipes["uniform"]), repeats)
+    rows = []
+    for label, recipe in recipes.items():
+        seconds = reference if label == "uniform" else timed(lambda: merger.apply(recipe), repeats)
+        rows.append({"checkpoints": len(names), "method": recipe.method, "baseline": label,
+                     "seconds": seconds, "ratio_to_linear": seconds / reference})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=12)
@@ -111,6 +133,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mergekit", action="store_true", help="compare with mergekit's run_merge + load instead")
+    parser.add_argument("--methods", action="store_true", help="time every merge method against the linear sum (pool with a base)")
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "recycler-bench")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -118,9 +141,13 @@ def main() -> None:
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for count in args.counts:
-            spec = write_pool(args.root / f"{args.layers}x{args.width}-{dtype_name}", count, dtype, args.layers, args.width)
-            result = bench_mergekit(spec, args.root, args.repeats) if args.mergekit else bench_engine(spec, args.repeats)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+            spec = write_pool(args.root / f"{args.layers}x{args.width}-{dtype_name}", count, dtype, args.layers, args.width, base=args.methods)
+            if args.methods:
+                results = bench_methods(spec, args.repeats)
+            else:
+                results = [bench_mergekit(spec, args.root, args.repeats) if args.mergekit else bench_engine(spec, args.repeats)]
+            for result in results:
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
             gc.collect()
 
 

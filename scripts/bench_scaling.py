@@ -24,6 +24,7 @@ def measure(count: int, width: int, layers: int, trials: int, root: Path) -> dic
     from recycler.cli import quiet_libraries
     from recycler.demo.skills import ALPHABET
     from recycler.demo.tokenizer import build_char_tokenizer
+    from recycler.recipes import LinearRecipe
     from recycler.spec import PoolSpec
     from recycler.workers import MergeWorker
 
@@ -43,8 +44,8 @@ def measure(count: int, width: int, layers: int, trials: int, root: Path) -> dic
     spec = PoolSpec.model_validate({"name": "scaling", "checkpoints": refs, "suite": "demo"})
     worker = MergeWorker(spec, threads=1)
     weights = {r["name"]: 1.0 / count for r in refs}
-    worker.evaluate(weights)
-    results = [worker.evaluate(weights) for _ in range(trials)]
+    worker.evaluate(LinearRecipe(weights).to_json())
+    results = [worker.evaluate(LinearRecipe(weights).to_json()) for _ in range(trials)]
     parameters = sum(p.numel() for p in worker.merger.model.parameters())
     return {
         "checkpoints": count, "width": width, "layers": layers, "parameters": parameters,

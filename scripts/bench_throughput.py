@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from recycler.recipes import LinearRecipe
+
 
 def candidates(names: list[str], count: int, seed: int) -> list[dict[str, float]]:
     """Random points of the simplex (flat Dirichlet), the same for both pipelines."""
@@ -36,8 +38,8 @@ def bench_recycler(spec, points) -> dict:
     started = time.perf_counter()
     worker = MergeWorker(spec)
     setup = time.perf_counter() - started
-    worker.evaluate(points[0])  # warm-up: first forward passes allocate
-    results = [worker.evaluate(p) for p in points]
+    worker.evaluate(LinearRecipe(points[0]).to_json())  # warm-up: first forward passes allocate
+    results = [worker.evaluate(LinearRecipe(p).to_json()) for p in points]
     trial = [r["trial_seconds"] for r in results]
     forward = [r["forward_seconds"] for r in results]
     merge = [r["merge_seconds"] for r in results]
@@ -58,8 +60,6 @@ def bench_peers(spec, points) -> dict:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from recycler.export import mergekit_recipe
-    from recycler.merge import MergeRecipe
     from recycler.pool import load_pool
     from recycler.suite import load_suite
 
@@ -71,7 +71,7 @@ def bench_peers(spec, points) -> dict:
     for point in points:
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            config = MergeConfiguration.model_validate(mergekit_recipe(pool, MergeRecipe(point)))
+            config = MergeConfiguration.model_validate(LinearRecipe(point).mergekit_config(pool))
             run_merge(config, out, options=MergeOptions(quiet=True, write_model_card=False))
             result = simple_evaluate(
                 model="hf", model_args=f"pretrained={out},add_bos_token=False", tasks=list(specs.values()),

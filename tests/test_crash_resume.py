@@ -90,7 +90,7 @@ def test_sigkill_ten_times_loses_nothing_and_counts_nothing_twice(tmp_path):
             if trial.state == TrialState.COMPLETE:
                 finished_at_kill[number] = trial.values
             elif trial.state == TrialState.RUNNING:
-                running_at_kill[number] = trial.params if "weights" in trial.user_attrs else None
+                running_at_kill[number] = trial.params if "recipe" in trial.user_attrs else None
 
     process = start_run(spec_path, folder)
     assert process.wait(timeout=900) == 0

@@ -2,8 +2,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.evaluate import Scorer
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
+from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.suite import load_suite
 from tests.suites import write_suite, write_tasks
@@ -57,7 +58,7 @@ def test_rescoring_after_an_in_place_merge_sees_the_new_weights(tmp_path):
     first = scorer.score()
     again = scorer.score()
     assert again.scores == first.scores
-    merger.apply(MergeRecipe({"c1": 1.0}))
+    merger.apply(LinearRecipe({"c1": 1.0}))
     other = scorer.score()
     model, tokenizer = load(pool.checkpoints[1].path)
     fresh = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer).score()

@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.errors import RecyclerError
 from recycler.export import export_merge
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
+from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from tests.tiny import write_pool
 
@@ -33,12 +34,12 @@ def run_mergekit(recipe_file: Path, out: Path) -> dict[str, torch.Tensor]:
 
 
 CASES = {
-    "gpt2-linear": ({"arch": "gpt2"}, MergeRecipe({"c0": 0.6, "c1": 0.3, "c2": 0.1})),
-    "gpt2-negative": ({"arch": "gpt2"}, MergeRecipe({"c0": 1.4, "c1": -0.25, "c2": -0.15})),
-    "llama-linear": ({"arch": "llama"}, MergeRecipe({"c0": 0.2, "c1": 0.2, "c2": 0.6})),
-    "llama-bf16-sharded": ({"arch": "llama", "dtype": torch.bfloat16, "max_shard_size": "4KB"}, MergeRecipe({"c0": 1 / 3, "c1": 1 / 3, "c2": 1 / 3})),
-    "gpt2-task-arithmetic": ({"arch": "gpt2", "base": True}, MergeRecipe({"c0": 0.5, "c1": 0.4, "c2": -0.3}, relative=True)),
-    "llama-bf16-task-arithmetic": ({"arch": "llama", "base": True, "dtype": torch.bfloat16}, MergeRecipe({"c0": 0.3, "c1": 0.3, "c2": 0.3}, relative=True)),
+    "gpt2-linear": ({"arch": "gpt2"}, LinearRecipe({"c0": 0.6, "c1": 0.3, "c2": 0.1})),
+    "gpt2-negative": ({"arch": "gpt2"}, LinearRecipe({"c0": 1.4, "c1": -0.25, "c2": -0.15})),
+    "llama-linear": ({"arch": "llama"}, LinearRecipe({"c0": 0.2, "c1": 0.2, "c2": 0.6})),
+    "llama-bf16-sharded": ({"arch": "llama", "dtype": torch.bfloat16, "max_shard_size": "4KB"}, LinearRecipe({"c0": 1 / 3, "c1": 1 / 3, "c2": 1 / 3})),
+    "gpt2-task-arithmetic": ({"arch": "gpt2", "base": True}, LinearRecipe({"c0": 0.5, "c1": 0.4, "c2": -0.3}, relative=True)),
+    "llama-bf16-task-arithmetic": ({"arch": "llama", "base": True, "dtype": torch.bfloat16}, LinearRecipe({"c0": 0.3, "c1": 0.3, "c2": 0.3}, relative=True)),
 }
 
 
@@ -70,7 +71,7 @@ def exact_merge(pool, recipe, name) -> torch.Tensor:
 def test_export_is_a_standard_hf_checkpoint(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="llama", max_shard_size="4KB")))
     merger = ResidentMerger(pool)
-    recipe = MergeRecipe({"c0": 0.5, "c1": 0.25, "c2": 0.25})
+    recipe = LinearRecipe({"c0": 0.5, "c1": 0.25, "c2": 0.25})
     out = export_merge(merger, recipe, tmp_path / "export", max_shard_size="4KB", scores={"addition": 0.5})
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
@@ -95,10 +96,10 @@ def test_export_refuses_a_non_empty_target_and_leaves_it(tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("mine")
     with pytest.raises(RecyclerError, match="export target is not empty"):
-        export_merge(merger, MergeRecipe({"c0": 1.0}), target)
+        export_merge(merger, LinearRecipe({"c0": 1.0}), target)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
-    export_merge(merger, MergeRecipe({"c0": 1.0}), target, overwrite=True)
+    export_merge(merger, LinearRecipe({"c0": 1.0}), target, overwrite=True)
     assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "pool"]
 
@@ -106,5 +107,5 @@ def test_export_refuses_a_non_empty_target_and_leaves_it(tmp_path):
 def test_a_failed_export_leaves_nothing_behind(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
     with pytest.raises(RecyclerError):
-        export_merge(ResidentMerger(pool), MergeRecipe({"nobody": 1.0}), tmp_path / "export")
+        export_merge(ResidentMerger(pool), LinearRecipe({"nobody": 1.0}), tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]

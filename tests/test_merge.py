@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from recycler.errors import RecyclerError
-from recycler.merge import MergeRecipe, ResidentMerger
+from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
+from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from tests.tiny import write_pool
 
@@ -24,7 +25,7 @@ def test_linear_merge_in_place(tmp_path, dtype):
     merger = merger_for(tmp_path, dtype=dtype)
     pointers = {n: p.data_ptr() for n, p in merger.model.named_parameters()}
     weights = {"c0": 0.7, "c1": -0.2, "c2": 0.5}
-    model = merger.apply(MergeRecipe(weights))
+    model = merger.apply(LinearRecipe(weights))
     assert model is merger.model
     assert {n: p.data_ptr() for n, p in model.named_parameters()} == pointers
     params = dict(model.named_parameters())
@@ -40,7 +41,7 @@ def test_linear_merge_in_place(tmp_path, dtype):
 
 def test_tied_head_follows_the_merged_embedding(tmp_path):
     merger = merger_for(tmp_path)
-    model = merger.apply(MergeRecipe({"c0": 0.5, "c1": 0.5}))
+    model = merger.apply(LinearRecipe({"c0": 0.5, "c1": 0.5}))
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     want = expected_tensor(merger.pool, "transformer.wte.weight", [0.5, 0.5, 0.0]).float()
     torch.testing.assert_close(model.lm_head.weight.detach(), want)
@@ -50,8 +51,8 @@ def test_a_single_checkpoint_reproduces_its_logits(tmp_path):
     from transformers import AutoModelForCausalLM
 
     merger = merger_for(tmp_path, arch="llama")
-    merger.apply(MergeRecipe({"c0": 0.3, "c1": 0.7}))
-    model = merger.apply(MergeRecipe({"c2": 1.0}))
+    merger.apply(LinearRecipe({"c0": 0.3, "c1": 0.7}))
+    model = merger.apply(LinearRecipe({"c2": 1.0}))
     alone = AutoModelForCausalLM.from_pretrained(str(merger.pool.checkpoints[2].path))
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_a_single_checkpoint_reproduces_its_logits(tmp_path):
 
 def test_relative_merge_adds_task_vectors_to_the_base(tmp_path):
     merger = merger_for(tmp_path, base=True)
-    model = merger.apply(MergeRecipe({"c0": 0.5, "c2": 0.25}, relative=True))
+    model = merger.apply(LinearRecipe({"c0": 0.5, "c2": 0.25}, relative=True))
     pool = merger.pool
     name = "transformer.h.1.attn.c_attn.weight"
     base = pool.base.tensor(name).double()
@@ -71,9 +72,9 @@ def test_relative_merge_adds_task_vectors_to_the_base(tmp_path):
 @pytest.mark.parametrize(
     "recipe, expected",
     [
-        (MergeRecipe({"zz": 1.0}), "'zz', which is not a checkpoint of the pool"),
-        (MergeRecipe({"c0": float("nan")}), "weight of 'c0' is not a finite number"),
-        (MergeRecipe({"c0": 1.0}, relative=True), "needs a pool with a base checkpoint"),
+        (LinearRecipe({"zz": 1.0}), "'zz', which is not a checkpoint of the pool"),
+        (LinearRecipe({"c0": float("nan")}), "weight of 'c0' is not a finite number"),
+        (LinearRecipe({"c0": 1.0}, relative=True), "needs a pool with a base checkpoint"),
     ],
 )
 def test_bad_recipes(tmp_path, recipe, expected):

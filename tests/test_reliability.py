@@ -39,6 +39,13 @@ def _worker_processes():
     return [p for p in psutil.process_iter(["cmdline"]) if any("ray::MergeWorker" in part for part in (p.info["cmdline"] or []))]
 
 
+def _side_baselines_scored(folder) -> bool:
+    from recycler.study import JOURNAL_FILE
+
+    journal = folder / JOURNAL_FILE
+    return journal.is_file() and "baseline:slerp" in journal.read_text()
+
+
 def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ray):
     spec = write_spec(tmp_path, trials=12)
     folder = tmp_path / "study"
@@ -47,6 +54,8 @@ def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ra
     search.start()
     killed = None
     deadline = time.time() + 240
+    while not _side_baselines_scored(folder) and time.time() < deadline:  # kill a trial's worker, not a baseline's
+        time.sleep(0.05)
     while killed is None and time.time() < deadline:
         busy = [p for p in _worker_processes() if any(part.startswith("ray::MergeWorker.evaluate") for part in p.info["cmdline"])]
         if busy:

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from recycler.front import front_records, hypervolume_history
+from recycler.recipes import LinearRecipe, SlerpRecipe
 from recycler.search import finished_trials, prepare_study, run_search
 from recycler.study import load_study
 from recycler.workers import MergeWorker
@@ -28,7 +29,7 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
         assert sum(t.user_attrs["weights"].values()) == pytest.approx(1.0) and min(t.user_attrs["weights"].values()) >= 0
 
     # A baseline's scores are what a worker gives that checkpoint alone, and the objectives are the held-in tasks.
-    direct = MergeWorker(spec).evaluate({"c1": 1.0})["scores"]
+    direct = MergeWorker(spec).evaluate(LinearRecipe({"c1": 1.0}).to_json())["scores"]
     assert trials[1].user_attrs["scores"] == pytest.approx(direct)
     assert trials[1].values == pytest.approx([direct["sums"], direct["pick"]])
     assert set(trials[1].user_attrs["scores"]) == {"sums", "pick", "carry"}
@@ -36,7 +37,10 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
     study, info = load_study(folder)
     records = front_records(study, info)
     assert {r["trial"] for r in records if r["on_front"]} == {t.number for t in study.best_trials}
-    assert {r["baseline_name"] for r in records if r["baseline"]} == {"c0", "c1", "c2", "uniform"}
+    assert {r["baseline_name"] for r in records if r["baseline"]} == {"c0", "c1", "c2", "uniform", "slerp"}
+    slerp = next(r for r in records if r["baseline_name"] == "slerp")  # not a simplex point: scored beside the trials
+    assert slerp["trial"] is None and slerp["settings"] == {"t": 0.5}
+    assert slerp["scores"] == pytest.approx(MergeWorker(spec).evaluate(SlerpRecipe("c0", "c1", 0.5).to_json())["scores"])
     assert len(hypervolume_history(study, info)) == 8
 
     before = {t.number: (t.params, t.values) for t in study.trials}
@@ -52,7 +56,7 @@ def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray):
     folder = tmp_path / "study"
     study, _, space = prepare_study(spec, folder)
     running = study.ask()  # a search killed while this trial was being scored leaves it RUNNING
-    running.set_user_attr("weights", dict(space.suggest(running).weights))  # as the driver records it
+    running.set_user_attr("recipe", space.suggest(running).to_json())  # as the driver records it
     study = run_search(spec, folder, progress=False)
     by_number = {t.number: t for t in study.trials}
     assert by_number[0].state == TrialState.FAIL
@@ -96,7 +100,7 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray):
     card = (out / "README.md").read_text()
     assert info.fingerprint in card and f"| sums | {best.user_attrs['scores']['sums']:.4f} |" in card
     exported = json.loads((out / "recycler.json").read_text())
-    assert exported["weights"] == pytest.approx(best.user_attrs["weights"])
+    assert exported["recipe"] == best.user_attrs["recipe"]
 
 
 def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
+from recycler.report import point_key
 from recycler.service import ServiceConfig, create_app
 from tests.test_service_api import AUTH, TOKEN, pool_spec
 
@@ -63,11 +64,11 @@ def test_page_plots_the_api_front(server, tmp_path):
             page.wait_for_selector("body[data-state=done] #front-table tr:nth-child(2)")
             traces = page.evaluate("""() => document.getElementById('front-plot').data.map(t => (
                 {name: t.name, points: t.x.map((x, i) => [t.customdata[i], x, t.y[i]])}))""")
-            plotted = {name: sorted(map(tuple, t["points"])) for t in traces for name in [t["name"]]}
+            plotted = {name: sorted(map(tuple, t["points"]), key=str) for t in traces for name in [t["name"]]}
             sums, pick = front["objectives"]
             expected = {
-                "Pareto front": sorted((r["trial"], r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["on_front"] and not r["baseline"]),
-                "baselines": sorted((r["trial"], r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["baseline"]),
+                "Pareto front": sorted(((point_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["on_front"] and not r["baseline"]), key=str),
+                "baselines": sorted(((point_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["baseline"]), key=str),
             }
             assert {k: v for k, v in plotted.items() if k != "dominated merges"} == expected
             assert sum(map(len, plotted.values())) == len(trials["trials"])

@@ -2,8 +2,8 @@ import pytest
 import yaml
 
 from recycler.errors import RecyclerError
-from recycler.suite import load_suite
 from recycler.spec import load_spec
+from recycler.suite import load_suite
 from tests.suites import write_suite
 from tests.tiny import write_pool
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.suite import load_suite
 from recycler.workers import MergeWorker
@@ -16,10 +17,10 @@ def tradeoff_table(pool_yaml: Path) -> pd.DataFrame:
     spec = load_spec(pool_yaml)
     worker = MergeWorker(spec)
     names = spec.checkpoint_names
-    rows = {name: worker.evaluate({name: 1.0})["scores"] for name in names}
+    rows = {name: worker.evaluate(LinearRecipe({name: 1.0}).to_json())["scores"] for name in names}
     if spec.base is not None:
-        rows[spec.base.name] = worker.evaluate({}, relative=True)["scores"]
-    rows["uniform"] = worker.evaluate({name: 1.0 / len(names) for name in names})["scores"]
+        rows[spec.base.name] = worker.evaluate(LinearRecipe({}, relative=True).to_json())["scores"]
+    rows["uniform"] = worker.evaluate(LinearRecipe({name: 1.0 / len(names) for name in names}).to_json())["scores"]
     suite = load_suite(spec.suite)
     columns = suite.held_in + [f"{task} (held-out)" for task in suite.held_out]
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -55,14 +55,18 @@ refresh(); setInterval(refresh, 3000);
 _STUDY_SCRIPT = """
 let trialsDoc = null;
 function kind(r) { return r.baseline ? 'baseline ' + r.baseline_name : (r.on_front ? 'front' : 'merge'); }
-function showTrial(number) {
-  const r = trialsDoc.trials.find(t => t.trial === number); if (!r) return;
-  const box = document.getElementById('detail'); box.replaceChildren(el('h3', 'Trial ' + r.trial + ' (' + kind(r) + ')'));
+function key(r) { return r.trial === null ? r.baseline_name : r.trial; }
+function showTrial(k) {
+  const r = trialsDoc.trials.find(t => key(t) === k); if (!r) return;
+  const title = r.trial === null ? 'Baseline ' + r.baseline_name + ' (' + r.method + ', scored beside the search)' : 'Trial ' + r.trial + ' (' + kind(r) + ')';
+  const box = document.getElementById('detail'); box.replaceChildren(el('h3', title));
   const table = el('table'); table.id = 'detail-table';
   const add = (k, v, note) => { const row = el('tr'); row.append(el('td', k, 'l'), el('td', fmt(v)), el('td', note || '', 'l muted')); table.append(row); };
   for (const [k, v] of Object.entries(r.weights)) add('w:' + k, v, 'weight');
   for (const o of trialsDoc.objectives) add(o, r.scores[o], 'held-in');
   for (const o of trialsDoc.held_out) add(o, r.scores[o], 'held-out');
+  for (const [k, v] of Object.entries(r.settings)) add(k, v, r.method);
+  if (r.trial === null) { box.append(table); return; }
   const out = el('input'); out.id = 'export-out'; out.size = 40; out.placeholder = 'export folder (under an allowed root)';
   const button = el('button', 'Export'); button.id = 'export-button';
   const status = el('div', '', 'muted'); status.id = 'export-status';
@@ -83,10 +87,10 @@ function frontTable(doc) {
   const weights = Object.keys((doc.trials[0] || {weights: {}}).weights);
   for (const c of cols.concat(weights.map(w => 'w:' + w), doc.objectives, doc.held_out.map(h => h + ' (held-out)'))) head.append(el('th', c));
   const rows = doc.trials.filter(r => r.on_front || r.baseline).map(r => {
-    const row = el('tr'); row.append(el('td', r.trial), el('td', kind(r), 'l'));
+    const row = el('tr'); row.append(el('td', r.trial === null ? '-' : r.trial), el('td', kind(r), 'l'));
     for (const w of weights) row.append(el('td', fmt(r.weights[w])));
     for (const o of doc.objectives.concat(doc.held_out)) row.append(el('td', fmt(r.scores[o])));
-    row.onclick = () => showTrial(r.trial); return row;
+    row.onclick = () => showTrial(key(r)); return row;
   });
   document.getElementById('front-table').replaceChildren(head, ...rows);
 }

@@ -1,0 +1,392 @@
+"""Merge recipes: what one candidate merge is, how it is written into the resident model, and the
+mergekit configuration that reproduces it.
+
+A recipe works on the merger's stacks: each parameter's checkpoints as rows in pool order, then
+the base. Linear, task arithmetic, layer-wise and SLERP merges are one coefficient per row and
+tensor, so they reuse the fused weighted sum. TIES and DARE form the task vectors τᵢ = θᵢ − θ_base
+per tensor in float32 from the same stacks (as mergekit does with `dtype: float32`), so no
+checkpoint is held twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+
+from recycler.errors import RecyclerError
+from recycler.pool import Pool
+
+if TYPE_CHECKING:
+    from recycler.merge import ResidentMerger
+
+_KINDS: dict[str, type[MergeRecipe]] = {}
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _kind(name: str):
+    def register(cls: type[MergeRecipe]) -> type[MergeRecipe]:
+        cls.kind = name
+        _KINDS[name] = cls
+        return cls
+
+    return register
+
+
+def recipe_from_json(data: Mapping[str, Any]) -> MergeRecipe:
+    """The recipe a trial recorded (`MergeRecipe.to_json`)."""
+    fields = dict(data)
+    cls = _KINDS.get(fields.pop("kind", None))
+    if cls is None:
+        raise RecyclerError(f"merge recipe: unknown kind '{data.get('kind')}' (kinds: {', '.join(sorted(_KINDS))})")
+    return cls.from_fields(fields)
+
+
+def _check_weights(pool: Pool, weights: Mapping[str, float]) -> list[float]:
+    """The weights in pool order (0 for a checkpoint not named), refusing unknown names and non-finite values."""
+    unknown = sorted(set(weights) - set(pool.names))
+    if unknown:
+        raise RecyclerError(f"merge weights name '{unknown[0]}', which is not a checkpoint of the pool ({', '.join(pool.names)})")
+    values = [float(weights.get(name, 0.0)) for name in pool.names]
+    bad = [name for name, w in zip(pool.names, values) if not math.isfinite(w)]
+    if bad:
+        raise RecyclerError(f"merge weight of '{bad[0]}' is not a finite number")
+    return values
+
+
+def _needs_base(pool: Pool, method: str) -> None:
+    if pool.base is None:
+        raise RecyclerError(f"a {method} merge works on task vectors and needs a pool with a base checkpoint")
+
+
+def _models(pool: Pool, parameters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"model": str(c.path), "parameters": p} for c, p in zip(pool.checkpoints, parameters)]
+
+
+def _config(pool: Pool, method: str, models: list[dict[str, Any]], parameters: dict[str, Any], base: str | None) -> dict[str, Any]:
+    """A mergekit configuration; float32 accumulation, written in the pool's dtype."""
+    config: dict[str, Any] = {"merge_method": method}
+    if base is not None:
+        config["base_model"] = base
+    config["models"] = models
+    config["parameters"] = parameters
+    config["dtype"] = "float32"
+    config["out_dtype"] = str(pool.dtype).removeprefix("torch.")
+    return config
+
+
+class MergeRecipe(ABC):
+    """One candidate merge. Recipes are frozen dataclasses; `to_json` is what a trial records."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def method(self) -> str:
+        """The mergekit merge_method that computes the same merge."""
+
+    @abstractmethod
+    def check(self, pool: Pool) -> None:
+        """Refuse a recipe this pool cannot make, with one line naming the problem."""
+
+    @abstractmethod
+    def write(self, merger: ResidentMerger) -> None:
+        """Write the merge into every parameter of the merger's resident model."""
+
+    @abstractmethod
+    def mergekit_config(self, pool: Pool) -> dict[str, Any]:
+        """The mergekit YAML (as a mapping) that reproduces this merge from the pool's folders."""
+
+    @abstractmethod
+    def checkpoint_weights(self) -> dict[str, float]:
+        """One number per checkpoint for tables and plots: its weight (mean over blocks, if layer-wise)."""
+
+    def describe(self) -> dict[str, Any]:
+        """The method's own settings beyond the checkpoint weights, for tables and model cards."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> MergeRecipe:
+        return cls(**fields)
+
+
+@_kind("linear")
+@dataclass(frozen=True)
+class LinearRecipe(MergeRecipe):
+    """θ = Σ wᵢ θᵢ, or task arithmetic θ_base + Σ wᵢ (θᵢ − θ_base) when `relative`."""
+
+    weights: Mapping[str, float]
+    relative: bool = False
+
+    @property
+    def method(self) -> str:
+        return "task_arithmetic" if self.relative else "linear"
+
+    def coefficients(self, pool: Pool) -> list[float]:
+        """One coefficient per stacked row: the checkpoints in pool order, then the base if any.
+
+        θ_base + Σ wᵢ (θᵢ − θ_base) = (1 − Σ wᵢ) θ_base + Σ wᵢ θᵢ, so a relative merge is linear too.
+        """
+        values = _check_weights(pool, self.weights)
+        if self.relative:
+            _needs_base(pool, "task arithmetic")
+            return values + [1.0 - math.fsum(values)]
+        return values + ([0.0] if pool.base else [])
+
+    def check(self, pool: Pool) -> None:
+        self.coefficients(pool)
+
+    def write(self, merger: ResidentMerger) -> None:
+        coefficients = merger.row_vector(self.coefficients(merger.pool))
+        for name in merger.stacks:
+            merger.write_weighted(name, coefficients)
+
+    def mergekit_config(self, pool: Pool) -> dict[str, Any]:
+        models = _models(pool, [{"weight": float(self.weights.get(n, 0.0))} for n in pool.names])
+        return _config(pool, self.method, models, {"normalize": False}, str(pool.base.path) if self.relative else None)
+
+    def checkpoint_weights(self) -> dict[str, float]:
+        return {n: float(w) for n, w in self.weights.items()}
+
+
+def layer_of(tensor_name: str) -> tuple[int, str] | None:
+    """(layer index, the name's prefix through it) for a tensor inside a numbered block, e.g.
+    'model.layers.3.mlp.up_proj.weight' → (3, 'model.layers.3.'); None for embeddings, final norm, head."""
+    match = _LAYER.search(tensor_name)
+    return (int(match.group(1)), tensor_name[: match.end()]) if match else None
+
+
+def layer_count(tensor_names: list[str]) -> int:
+    """Layers of the model: one more than the highest layer index in its tensor names (0 if none)."""
+    layers = [layer[0] for layer in map(layer_of, tensor_names) if layer]
+    return max(layers) + 1 if layers else 0
+
+
+@_kind("layerwise")
+@dataclass(frozen=True)
+class LayerwiseRecipe(MergeRecipe):
+    """A linear merge with its own weights for each block of `block_size` consecutive layers;
+    `other` weighs the tensors outside the layers (embeddings, final norm, head)."""
+
+    blocks: tuple[Mapping[str, float], ...]
+    other: Mapping[str, float]
+    block_size: int = 1
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> MergeRecipe:
+        return cls(blocks=tuple(fields["blocks"]), other=fields["other"], block_size=fields.get("block_size", 1))
+
+    def _weights_for(self, tensor_name: str) -> Mapping[str, float]:
+        layer = layer_of(tensor_name)
+        return self.other if layer is None else self.blocks[layer[0] // self.block_size]
+
+    def check(self, pool: Pool) -> None:
+        for weights in (*self.blocks, self.other):
+            _check_weights(pool, weights)
+        layers = layer_count(pool.tensor_names)
+        needed = -(-layers // self.block_size) if self.block_size >= 1 else 0
+        if self.block_size < 1 or len(self.blocks) != needed:
+            raise RecyclerError(f"layer-wise merge: {len(self.blocks)} blocks of {self.block_size} layers, "
+                                f"but the model's {layers} layers need {needed}")
+
+    def write(self, merger: ResidentMerger) -> None:
+        rows = {id(w): merger.row_vector(LinearRecipe(w).coefficients(merger.pool)) for w in (*self.blocks, self.other)}
+        for name in merger.stacks:
+            merger.write_weighted(name, rows[id(self._weights_for(name))])
+
+    def mergekit_config(self, pool: Pool) -> dict[str, Any]:
+        """Per-layer weights as mergekit conditional parameters: the first filter contained in a tensor's name wins."""
+        prefixes = sorted({layer_of(n) for n in pool.tensor_names if layer_of(n)})
+        parameters = []
+        for checkpoint in pool.names:
+            settings = [{"filter": prefix, "value": float(self.blocks[layer // self.block_size].get(checkpoint, 0.0))}
+                        for layer, prefix in prefixes]
+            settings.append({"value": float(self.other.get(checkpoint, 0.0))})
+            parameters.append({"weight": settings})
+        return _config(pool, "linear", _models(pool, parameters), {"normalize": False}, None)
+
+    @property
+    def method(self) -> str:
+        return "linear"
+
+    def checkpoint_weights(self) -> dict[str, float]:
+        groups = (*self.blocks, self.other)
+        return {n: math.fsum(g.get(n, 0.0) for g in groups) / len(groups) for n in self.other}
+
+    def describe(self) -> dict[str, Any]:
+        return {"block_size": self.block_size, "blocks": len(self.blocks)}
+
+
+@_kind("slerp")
+@dataclass(frozen=True)
+class SlerpRecipe(MergeRecipe):
+    """Spherical interpolation between two checkpoints, tensor by tensor: t = 0 is `first`, t = 1 is
+    `second`. Nearly parallel tensors (|cos| > 0.9995) are interpolated linearly, as mergekit does."""
+
+    first: str
+    second: str
+    t: float
+
+    DOT_THRESHOLD: ClassVar[float] = 0.9995
+    EPS: ClassVar[float] = 1e-8
+
+    @property
+    def method(self) -> str:
+        return "slerp"
+
+    def check(self, pool: Pool) -> None:
+        for name in (self.first, self.second):
+            if name not in pool.names:
+                raise RecyclerError(f"slerp: '{name}' is not a checkpoint of the pool ({', '.join(pool.names)})")
+        if self.first == self.second:
+            raise RecyclerError(f"slerp: needs two different checkpoints, got '{self.first}' twice")
+        if not math.isfinite(self.t):
+            raise RecyclerError("slerp: t is not a finite number")
+
+    def write(self, merger: ResidentMerger) -> None:
+        i, j = merger.pool.names.index(self.first), merger.pool.names.index(self.second)
+        for name in merger.stacks:
+            cosine = merger.cosine(name, i, j, self.EPS)
+            if abs(cosine) > self.DOT_THRESHOLD:
+                a, b = 1.0 - self.t, self.t
+            else:
+                theta = math.acos(cosine)
+                a, b = math.sin((1.0 - self.t) * theta) / math.sin(theta), math.sin(self.t * theta) / math.sin(theta)
+            coefficients = [0.0] * merger.row_count
+            coefficients[i], coefficients[j] = a, b
+            merger.write_weighted(name, merger.row_vector(coefficients))
+
+    def mergekit_config(self, pool: Pool) -> dict[str, Any]:
+        first, second = pool.checkpoint(self.first), pool.checkpoint(self.second)
+        models = [{"model": str(first.path)}, {"model": str(second.path)}]
+        return _config(pool, "slerp", models, {"t": float(self.t)}, str(first.path))
+
+    def checkpoint_weights(self) -> dict[str, float]:
+        return {self.first: 1.0 - self.t, self.second: self.t}
+
+    def describe(self) -> dict[str, Any]:
+        return {"t": self.t}
+
+
+def mask_seed(seed: int, tensor_name: str) -> int:
+    """The seed of a tensor's DARE masks: fixed by the recipe's seed and the tensor's name, so a
+    trial is reproduced exactly on any machine and whatever order tensors are merged in."""
+    digest = hashlib.sha256(f"{seed}:{tensor_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@_kind("task_vectors")
+@dataclass(frozen=True)
+class TaskVectorRecipe(MergeRecipe):
+    """TIES and DARE: θ_base + λ · combine(wᵢ · sparsify(τᵢ)).
+
+    - ties: keep each τᵢ's top `density` fraction by magnitude, elect a sign per entry by the sum of
+      the weighted values, average the agreeing ones (weighted by wᵢ).
+    - dare_ties / dare_linear: drop each entry with probability 1 − density and rescale by 1/density
+      (masks drawn per tensor from `mask_seed`), then the TIES sign election and sum, or a plain sum.
+    """
+
+    weights: Mapping[str, float]
+    sparsify: Literal["magnitude", "random"]
+    consensus: bool
+    density: float
+    scale: float = 1.0
+    seed: int = 0
+
+    METHODS: ClassVar[dict[tuple[str, bool], str]] = {
+        ("magnitude", True): "ties", ("random", True): "dare_ties", ("random", False): "dare_linear",
+    }
+
+    @property
+    def method(self) -> str:
+        return self.METHODS[(self.sparsify, self.consensus)]
+
+    @property
+    def normalize(self) -> bool:
+        """TIES averages the agreeing values (mergekit's default for ties); DARE sums them."""
+        return self.method == "ties"
+
+    def check(self, pool: Pool) -> None:
+        if (self.sparsify, self.consensus) not in self.METHODS:
+            raise RecyclerError(f"task-vector merge: sparsify '{self.sparsify}' with consensus {self.consensus} is not a known method")
+        _needs_base(pool, self.method)
+        _check_weights(pool, self.weights)
+        if not 0.0 < self.density <= 1.0:
+            raise RecyclerError(f"{self.method}: density {self.density} is not in (0, 1]")
+        if not math.isfinite(self.scale):
+            raise RecyclerError(f"{self.method}: lambda is not a finite number")
+
+    def write(self, merger: ResidentMerger) -> None:
+        weights = torch.tensor(_check_weights(merger.pool, self.weights), dtype=torch.float32, device=merger.device)
+        for name, stack in merger.stacks.items():
+            rows = stack.to(torch.float32, copy=True)
+            base = rows[-1]
+            deltas = rows[:-1].sub_(base)
+            self._sparsify(name, deltas)
+            merger.write_values(name, base.add_(self._combine(deltas, weights)))
+
+    def _sparsify(self, tensor_name: str, deltas: torch.Tensor) -> None:
+        if self.density >= 1.0:
+            return
+        count = deltas.shape[1]
+        if self.sparsify == "magnitude":
+            keep = max(1, int(self.density * count))
+            for row in deltas:
+                mask = torch.zeros_like(row)
+                # A full descending argsort, as mergekit does, so entries tied at the threshold
+                # (common in bfloat16 pools) are kept or dropped alike.
+                mask[torch.argsort(row.abs(), descending=True)[:keep]] = 1.0
+                row.mul_(mask)
+            return
+        generator = torch.Generator().manual_seed(mask_seed(self.seed, tensor_name))
+        probabilities = torch.full((count,), self.density, dtype=torch.float32)
+        for row in deltas:
+            mask = torch.bernoulli(probabilities, generator=generator).to(row.device)
+            row.mul_(mask).div_(self.density)
+
+    def _combine(self, deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """mergekit's generalized task arithmetic on already sparsified τ: weight, elect, sum, normalize, scale."""
+        weights = weights.unsqueeze(1)
+        deltas.mul_(weights)
+        if self.consensus:
+            agree = deltas.sign() == ((deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1)
+            mixed = (deltas * agree).sum(dim=0)
+            divisor = (weights * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = deltas.sum(dim=0)
+            divisor = weights.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if self.normalize:
+            mixed /= divisor
+        if self.scale != 1:
+            mixed *= self.scale
+        return mixed
+
+    def mergekit_config(self, pool: Pool) -> dict[str, Any]:
+        """DARE's 1/density rescale is folded into the weights with mergekit's own rescale off
+        (mergekit rescales by the L1 norm instead), so mergekit computes exactly this merge given the same masks."""
+        rescale = self.density if self.sparsify == "random" else 1.0
+        models = _models(pool, [{"weight": float(self.weights.get(n, 0.0)) / rescale, "density": float(self.density)}
+                                for n in pool.names])
+        parameters = {"normalize": self.normalize, "lambda": float(self.scale), "rescale": False}
+        return _config(pool, self.method, models, parameters, str(pool.base.path))
+
+    def checkpoint_weights(self) -> dict[str, float]:
+        return {n: float(w) for n, w in self.weights.items()}
+
+    def describe(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"density": self.density, "lambda": self.scale}
+        if self.sparsify == "random":
+            settings["seed"] = self.seed
+        return settings
+
