@@ -14,7 +14,14 @@ from recycler.errors import RecyclerError
 from recycler.export import export_merge
 from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
-from recycler.recipes import LayerwiseRecipe, LinearRecipe, SlerpRecipe, TaskVectorRecipe, mask_seed, recipe_from_json
+from recycler.recipes import (
+    LayerwiseRecipe,
+    LinearRecipe,
+    SlerpRecipe,
+    TaskVectorRecipe,
+    mask_seed,
+    recipe_from_json,
+)
 from recycler.spec import load_spec
 from tests.test_export import read_folder, run_mergekit
 from tests.tiny import write_pool
