@@ -284,6 +284,22 @@ def mask_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _top_magnitudes(row: torch.Tensor, keep: int) -> torch.Tensor:
+    """A 0/1 mask of the `keep` entries largest in magnitude, the same entries mergekit keeps.
+
+    The threshold comes from a selection (linear time); only when entries tied at the threshold
+    straddle it (common in bfloat16 pools) is the full descending argsort mergekit uses needed to
+    pick among them the same way.
+    """
+    magnitude = row.abs()
+    threshold = torch.kthvalue(magnitude, row.numel() - keep + 1).values
+    mask = magnitude >= threshold
+    if int(mask.sum()) != keep:
+        mask = torch.zeros_like(mask)
+        mask[torch.argsort(magnitude, descending=True)[:keep]] = True
+    return mask.to(row.dtype)
+
+
 @_kind("task_vectors")
 @dataclass(frozen=True)
 class TaskVectorRecipe(MergeRecipe):
@@ -341,11 +357,7 @@ class TaskVectorRecipe(MergeRecipe):
         if self.sparsify == "magnitude":
             keep = max(1, int(self.density * count))
             for row in deltas:
-                mask = torch.zeros_like(row)
-                # A full descending argsort, as mergekit does, so entries tied at the threshold
-                # (common in bfloat16 pools) are kept or dropped alike.
-                mask[torch.argsort(row.abs(), descending=True)[:keep]] = 1.0
-                row.mul_(mask)
+                row.mul_(_top_magnitudes(row, keep))
             return
         generator = torch.Generator().manual_seed(mask_seed(self.seed, tensor_name))
         probabilities = torch.full((count,), self.density, dtype=torch.float32)
