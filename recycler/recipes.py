@@ -285,19 +285,19 @@ def mask_seed(seed: int, tensor_name: str) -> int:
 
 
 def _top_magnitudes(row: torch.Tensor, keep: int) -> torch.Tensor:
-    """A 0/1 mask of the `keep` entries largest in magnitude, the same entries mergekit keeps.
+    """A 0/1 mask of the `keep` entries largest in magnitude, in linear time (a selection, no sort).
 
-    The threshold comes from a selection (linear time); only when entries tied at the threshold
-    straddle it (common in bfloat16 pools) is the full descending argsort mergekit uses needed to
-    pick among them the same way.
+    Among entries tied at the threshold the first by position are kept. mergekit keeps whichever
+    its (unstable) descending sort puts first, so the two can differ at such tied entries, and only
+    there: frequent in bfloat16 pools, rare in float32 ones.
     """
     magnitude = row.abs()
     threshold = torch.kthvalue(magnitude, row.numel() - keep + 1).values
-    mask = magnitude >= threshold
-    if int(mask.sum()) != keep:
-        mask = torch.zeros_like(mask)
-        mask[torch.argsort(magnitude, descending=True)[:keep]] = True
-    return mask.to(row.dtype)
+    above, tied = magnitude > threshold, magnitude == threshold
+    needed = keep - int(above.sum())
+    if int(tied.sum()) > needed:
+        tied &= torch.cumsum(tied, dim=0) <= needed
+    return (above | tied).to(row.dtype)
 
 
 @_kind("task_vectors")
