@@ -130,7 +130,7 @@ def export_trial(
     with its scores in the model card."""
     from optuna.trial import TrialState
 
-    from recycler.front import side_baselines
+    from recycler.front import side_baselines, trial_recipe
     from recycler.pool import load_pool
     from recycler.study import load_study
 
@@ -147,7 +147,7 @@ def export_trial(
         trial = trials[which]
         if trial.state != TrialState.COMPLETE:
             raise RecyclerError(f"{study_dir}: trial {which} did not complete ({trial.state.name.lower()})")
-        recipe_json, scores = trial.user_attrs["recipe"], trial.user_attrs.get("scores")
+        recipe_json, scores = trial_recipe(trial), trial.user_attrs.get("scores")
     pool = load_pool(info.pool_spec)
     if pool.fingerprint() != info.fingerprint:
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")

@@ -15,7 +15,7 @@ from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implemen
 from optuna.trial import FrozenTrial, TrialState
 
 from recycler.baselines import reference_labels
-from recycler.recipes import recipe_from_json
+from recycler.recipes import LinearRecipe, recipe_from_json
 from recycler.study import StudyInfo
 
 # Study user attribute holding a baseline scored beside the trials, by label.
@@ -29,6 +29,13 @@ def is_baseline(trial: FrozenTrial) -> bool:
 def _losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
     signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
     return values * signs
+
+
+def trial_recipe(trial: FrozenTrial) -> dict[str, Any]:
+    """The recipe a trial recorded; studies written before recipes were recorded hold linear weights."""
+    if "recipe" in trial.user_attrs:
+        return trial.user_attrs["recipe"]
+    return LinearRecipe(trial.user_attrs["weights"], relative=trial.user_attrs.get("relative", False)).to_json()
 
 
 def side_baselines(study: optuna.Study) -> dict[str, dict[str, Any]]:
@@ -101,7 +108,7 @@ def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = F
     numbers = {t.number for t in front}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     keep = [t for t in complete if include_all or t.number in numbers or is_baseline(t)]
-    records = [_record(t.number, t.user_attrs.get("baseline"), t.user_attrs["recipe"], t.user_attrs["scores"], t.number in numbers)
+    records = [_record(t.number, t.user_attrs.get("baseline"), trial_recipe(t), t.user_attrs["scores"], t.number in numbers)
                for t in sorted(keep, key=lambda t: t.number)]
     records += [_record(None, label, b["recipe"], b["scores"], False) for label, b in side_baselines(study).items() if "scores" in b]
     for r in records:

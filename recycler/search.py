@@ -121,7 +121,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
     interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        if "recipe" not in trial.user_attrs:
+        if not {"recipe", "weights"} & set(trial.user_attrs):  # "weights" alone: a study from before recipes were recorded
             continue
         kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False)
