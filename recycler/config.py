@@ -25,6 +25,21 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     return path.resolve() if path.is_absolute() else path
 
 
+def registrar(table: dict[str, type], attribute: str):
+    """A decorator factory: `@register("name")` files a class in `table` under that name and sets
+    the class attribute `attribute` to it, so configs can name classes."""
+
+    def by_name(name: str):
+        def register(cls: type) -> type:
+            setattr(cls, attribute, name)
+            table[name] = cls
+            return cls
+
+        return register
+
+    return by_name
+
+
 def first_error(error: ValidationError) -> str:
     """The first validation error as 'field.path: message'."""
     detail = error.errors()[0]

@@ -79,7 +79,8 @@ def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int,
     return history
 
 
-def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    """a is at least as good as b on every objective and differs on one."""
     signs = [1.0 if d == "maximize" else -1.0 for d in directions]
     better = [x * s >= y * s for x, y, s in zip(a, b, signs)]
     return all(better) and any(x != y for x, y in zip(a, b))
@@ -113,7 +114,7 @@ def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = F
     records += [_record(None, label, b["recipe"], b["scores"], False) for label, b in side_baselines(study).items() if "scores" in b]
     for r in records:
         values = [r["scores"][o] for o in info.objectives]
-        r["beaten_by_front"] = any(_dominates(t.values, values, info.directions) for t in front) if r["baseline"] else None
+        r["beaten_by_front"] = any(dominates(t.values, values, info.directions) for t in front) if r["baseline"] else None
     return records
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
+from recycler.config import registrar
 from recycler.errors import RecyclerError
 from recycler.pool import Pool
 
@@ -30,13 +31,7 @@ _KINDS: dict[str, type[MergeRecipe]] = {}
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
-def _kind(name: str):
-    def register(cls: type[MergeRecipe]) -> type[MergeRecipe]:
-        cls.kind = name
-        _KINDS[name] = cls
-        return cls
-
-    return register
+_kind = registrar(_KINDS, "kind")
 
 
 def recipe_from_json(data: Mapping[str, Any]) -> MergeRecipe:
@@ -185,10 +180,6 @@ class LayerwiseRecipe(MergeRecipe):
     def from_fields(cls, fields: dict[str, Any]) -> MergeRecipe:
         return cls(blocks=tuple(fields["blocks"]), other=fields["other"], block_size=fields.get("block_size", 1))
 
-    def _weights_for(self, tensor_name: str) -> Mapping[str, float]:
-        layer = layer_of(tensor_name)
-        return self.other if layer is None else self.blocks[layer[0] // self.block_size]
-
     def check(self, pool: Pool) -> None:
         for weights in (*self.blocks, self.other):
             _check_weights(pool, weights)
@@ -199,9 +190,13 @@ class LayerwiseRecipe(MergeRecipe):
                                 f"but the model's {layers} layers need {needed}")
 
     def write(self, merger: ResidentMerger) -> None:
-        rows = {id(w): merger.row_vector(LinearRecipe(w).coefficients(merger.pool)) for w in (*self.blocks, self.other)}
+        def row(weights: Mapping[str, float]) -> torch.Tensor:
+            return merger.row_vector(LinearRecipe(weights).coefficients(merger.pool))
+
+        blocks, other = [row(w) for w in self.blocks], row(self.other)
         for name in merger.stacks:
-            merger.write_weighted(name, rows[id(self._weights_for(name))])
+            layer = layer_of(name)
+            merger.write_weighted(name, other if layer is None else blocks[layer[0] // self.block_size])
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         """Per-layer weights as mergekit conditional parameters: the first filter contained in a tensor's name wins."""
@@ -220,7 +215,8 @@ class LayerwiseRecipe(MergeRecipe):
 
     def checkpoint_weights(self) -> dict[str, float]:
         groups = (*self.blocks, self.other)
-        return {n: math.fsum(g.get(n, 0.0) for g in groups) / len(groups) for n in self.other}
+        names = dict.fromkeys(n for g in groups for n in g)
+        return {n: math.fsum(g.get(n, 0.0) for g in groups) / len(groups) for n in names}
 
     def describe(self) -> dict[str, Any]:
         return {"block_size": self.block_size, "blocks": len(self.blocks)}

@@ -2,8 +2,8 @@
 
 Baselines (each checkpoint alone, the uniform average, the literature's merge methods at their
 defaults) are scored first, so every front is read against them: those the search space can
-express are its first trials, the others are recorded on the study beside the trials. As many trials are in flight as there are workers; a new one is asked for
-the moment a worker frees up. Every finished trial is in Optuna storage at once, so a killed
+express are its first trials, the others are recorded on the study beside the trials. As many
+trials are in flight as there are workers; a new one is asked for the moment a worker frees up. Every finished trial is in Optuna storage at once, so a killed
 search resumes where it stopped and never re-runs a finished trial.
 """
 
@@ -172,15 +172,20 @@ class _InFlight:
     recipe: MergeRecipe | None = None
 
 
+def _non_finite(scores: dict[str, Any]) -> str | None:
+    """The error for the first score that is not a finite number, if any."""
+    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
+    return f"non-finite score on task '{bad[0]}'" if bad else None
+
+
 def record_baseline(study: optuna.Study, label: str, recipe: MergeRecipe, result: dict[str, Any]) -> None:
     """Store a baseline scored beside the trials on the study: its recipe and scores, or its error."""
     entry: dict[str, Any] = {"recipe": recipe.to_json()}
-    scores = result.get("scores", {})
-    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
-    if "error" in result or bad:
-        entry["error"] = result.get("error") or f"non-finite score on task '{bad[0]}'"
+    error = result.get("error") or _non_finite(result["scores"])
+    if error:
+        entry["error"] = error
     else:
-        entry["scores"] = scores
+        entry["scores"] = result["scores"]
     study.set_user_attr(BASELINE_ATTR.format(label), entry)
 
 
@@ -195,9 +200,9 @@ def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, res
     trial.set_user_attr("scores", scores)
     for key in ("merge_seconds", "forward_seconds", "trial_seconds"):
         trial.set_user_attr(key, result[key])
-    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
-    if bad:
-        trial.set_user_attr("error", f"non-finite score on task '{bad[0]}'")
+    error = _non_finite(scores)
+    if error:
+        trial.set_user_attr("error", error)
         study.tell(trial, state=TrialState.FAIL)
         return False
     study.tell(trial, [scores[o] for o in info.objectives])

@@ -18,7 +18,7 @@ import optuna
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from recycler.config import Name, StrictModel, first_error
+from recycler.config import Name, StrictModel, first_error, registrar
 from recycler.errors import RecyclerError
 from recycler.recipes import (
     LayerwiseRecipe,
@@ -33,15 +33,7 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _RULES: dict[str, type[SearchSpace]] = {}
 
 
-def rule(name: str):
-    """Register a search-space rule under the name space files use."""
-
-    def register(cls: type[SearchSpace]) -> type[SearchSpace]:
-        cls.rule_name = name
-        _RULES[name] = cls
-        return cls
-
-    return register
+rule = registrar(_RULES, "rule_name")  # @rule("name"): the name space files use
 
 
 class SearchSpace(ABC):

@@ -19,21 +19,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from optuna.trial import TrialState
 
-from recycler.front import front_records, hypervolume, reference_point
+from recycler.front import dominates, front_records, hypervolume, reference_point
 from recycler.search import run_search
 from recycler.spec import load_spec
 from recycler.study import load_study, write_text_atomic
-
-
-def non_dominated(values: np.ndarray) -> np.ndarray:
-    """Mask of the rows no other row dominates (all objectives maximized)."""
-    keep = np.ones(len(values), dtype=bool)
-    for i, row in enumerate(values):
-        keep[i] = not ((values >= row).all(axis=1) & (values > row).any(axis=1)).any()
-    return keep
 
 
 def main() -> None:
@@ -66,26 +57,26 @@ def main() -> None:
     trials = {space: [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "baseline" not in t.user_attrs]
               for space, (study, _) in studies.items()}
     union = [(space, t.values) for space, ts in trials.items() for t in ts]
-    on_union = non_dominated(np.array([v for _, v in union]))
+    on_union = [not any(dominates(other, values, info.directions) for _, other in union) for _, values in union]
     spaces = {}
-    for space, (study, space_info) in studies.items():
+    for space, (study, _) in studies.items():
         spaces[space] = {
             "hypervolume": hypervolume([t.values for t in trials[space]], info.directions, reference),
             "front_size": len(study.best_trials),
             "on_union_front": int(sum(on for (s, _), on in zip(union, on_union) if s == space)),
             "best_mean_held_in": max(statistics.fmean(t.values) for t in trials[space]),
         }
-    union_values = np.array([v for (_, v), on in zip(union, on_union) if on])
+    union_front = [v for (_, v), on in zip(union, on_union) if on]
     baselines = []
     for record in front_records(first, info):
         if not record["baseline"]:
             continue
-        values = np.array([record["scores"][o] for o in info.objectives])
+        values = [record["scores"][o] for o in info.objectives]
         baselines.append({
             "baseline": record["baseline_name"], "method": record["method"], "settings": record["settings"],
             "mean_held_in": statistics.fmean(values),
             "beaten_by_simplex_front": record["beaten_by_front"],
-            "beaten_by_union_front": bool(((union_values >= values).all(axis=1) & (union_values > values).any(axis=1)).any()),
+            "beaten_by_union_front": any(dominates(v, values, info.directions) for v in union_front),
         })
     write_text_atomic(args.out, json.dumps({"objectives": info.objectives, "trials": args.trials, "spaces": spaces,
                                             "baselines": baselines}, indent=2))
