@@ -8,3 +8,12 @@ class RecyclerError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+def format_bytes(count: float) -> str:
+    """A size as people read it in a message: 3 significant figures and a decimal unit."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} TB"

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 18
 
 
+def resident_bytes(pool: Pool) -> int:
+    """Memory a ResidentMerger holds: every member's tensors stacked, plus the resident model."""
+    return (len(pool.members) + 1) * pool.model_bytes
+
+
 class ResidentMerger:
     """A model resident in memory plus the pool's tensors stacked per parameter, on one device."""
 

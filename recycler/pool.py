@@ -236,6 +236,15 @@ class Pool:
         return max(sizes, key=sizes.__getitem__)
 
     @property
+    def model_bytes(self) -> int:
+        """Bytes of one checkpoint's floating-point tensors: one model's worth of memory."""
+        return sum(
+            torch.Size(i.shape).numel() * i.dtype.itemsize
+            for i in self.reference.tensors.values()
+            if i.dtype.is_floating_point
+        )
+
+    @property
     def parameter_count(self) -> int:
         return sum(torch.Size(i.shape).numel() for i in self.reference.tensors.values())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ import optuna
 from optuna.trial import TrialState
 
 from recycler.baselines import baseline_recipes
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, format_bytes
 from recycler.front import BASELINE_ATTR, hypervolume, reference_point
+from recycler.merge import resident_bytes
 from recycler.pool import Pool, load_pool
 from recycler.recipes import MergeRecipe, layer_count
 from recycler.space import SearchSpace, load_space
@@ -209,8 +211,11 @@ def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, res
     return True
 
 
-def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None) -> list[Any]:
+def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None, progress: bool = False) -> list[Any]:
+    """Start worker actors and wait until each holds its pool and model; a worker that dies while
+    starting ends the search with one line saying why and what it needed."""
     import ray
+    from tqdm import tqdm
 
     from recycler.workers import MergeWorker
 
@@ -223,8 +228,41 @@ def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None
     actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
     device = "cuda" if gpus > 0 else "cpu"
     handles = [actor.remote(spec, device, cpus) for _ in range(count or workers)]
-    ray.get([h.ready.remote() for h in handles])
+    waiting = [h.ready.remote() for h in handles]
+    with tqdm(total=len(handles), desc="starting workers", unit="worker", delay=2.0, disable=not progress,
+              dynamic_ncols=True) as bar:
+        while waiting:
+            (ready,), waiting = ray.wait(waiting, num_returns=1)
+            try:
+                ray.get(ready)
+            except ray.exceptions.RayError as error:
+                for handle in handles:
+                    ray.kill(handle)
+                raise RecyclerError(_startup_failure(error, spec, len(handles))) from None
+            bar.update(1)
     return handles
+
+
+def _startup_failure(error: Exception, spec: PoolSpec, count: int) -> str:
+    """One line for a worker that died while starting: what ran out, what a worker needs, what to change."""
+    import ray
+
+    if isinstance(error, ray.exceptions.RayActorError) and error.actor_init_failed:
+        raised = str(error).strip().splitlines()[-1]  # the exception the worker's constructor raised
+        return "a worker failed while starting: " + re.sub(r"^([\w.]*\.)?RecyclerError: ", "", raised)
+    pool = load_pool(spec)
+    need = resident_bytes(pool)
+    holds = (
+        f"each worker holds the pool's {len(pool.members)} checkpoints stacked plus one model, "
+        f"{format_bytes(need)}, {format_bytes(count * need)} for {count} worker(s)"
+    )
+    if isinstance(error, ray.exceptions.OutOfMemoryError):
+        node = re.search(r"was ([\d.]+\s*GB) used / ([\d.]+\s*GB) limit", str(error))
+        seen = f" (the node had {node[1]} of {node[2]} in use)" if node else ""
+        return (f"a worker ran out of memory while starting and Ray killed it{seen}: {holds}; "
+                "lower resources.workers or use a machine with more memory")
+    return (f"a worker died while starting ({_describe(error)[:200]}): {holds}; if the machine ran out of memory, "
+            "lower resources.workers or use a machine with more memory")
 
 
 def run_search(
@@ -250,7 +288,7 @@ def run_search(
     baselines = pending_baselines(study, space, load_pool(spec))
     if finished_trials(study) >= budget and not baselines:
         return study
-    workers = _start_workers(spec, address)
+    workers = _start_workers(spec, address, progress=progress)
     idle = list(workers)
     in_flight: dict[Any, _InFlight] = {}
     deaths: dict[str, int] = {}  # side baselines whose worker died, scored again like a failed trial
@@ -281,7 +319,7 @@ def run_search(
                 result = {"error": _describe(error)}
                 workers.remove(job.worker)
                 ray.kill(job.worker)
-                fresh = _start_workers(spec, address, count=1)
+                fresh = _start_workers(spec, address, count=1, progress=progress)
                 workers += fresh
                 idle += fresh
                 if job.trial is not None:

@@ -18,6 +18,7 @@ import optuna
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+import recycler.search_spaces
 from recycler.config import Name, StrictModel, first_error, registrar
 from recycler.errors import RecyclerError
 from recycler.recipes import (
@@ -28,7 +29,7 @@ from recycler.recipes import (
     TaskVectorRecipe,
 )
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(recycler.search_spaces.__file__).parent
 
 _RULES: dict[str, type[SearchSpace]] = {}
 

@@ -20,10 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+import recycler.eval_suites
 from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "eval_suites"
+SUITES_DIR = Path(recycler.eval_suites.__file__).parent
 
 
 class SuiteTask(StrictModel):
@@ -151,7 +152,7 @@ class Suite:
 
     def build_tasks(self) -> dict[str, Any]:
         """lm-eval Task objects by name, each checked for its data, its metric and its examples."""
-        from lm_eval.tasks import TaskManager, get_task_dict
+        from lm_eval.tasks import TaskManager
 
         specs = self.task_specs()
         manager = TaskManager(include_defaults=any(isinstance(s, str) for s in specs.values()))
@@ -159,7 +160,7 @@ class Suite:
         for task in self.tasks:
             where = self._where(task)
             try:
-                lm_task = get_task_dict([specs[task.task]], manager)[task.task]
+                lm_task = manager.load(specs[task.task])["tasks"][task.task]
             except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
                 detail = " ".join(str(error).split())[:200] or type(error).__name__
                 raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None

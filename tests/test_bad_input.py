@@ -14,7 +14,7 @@ from recycler.search import run_search
 from recycler.spec import load_spec
 from tests.suites import write_suite
 from tests.test_pool import BAD_POOLS
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.test_pool import BAD_POOLS
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 
 def recycler(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from recycler.study import load_study
 from tests.suites import write_suite
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 KILLS = 10
 TRIALS = 120

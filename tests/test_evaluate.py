@@ -8,7 +8,7 @@ from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.suite import load_suite
 from tests.suites import write_suite, write_tasks
-from tests.tiny import write_checkpoint, write_pool
+from recycler.demo.tiny import write_checkpoint, write_pool
 
 
 def load(folder):

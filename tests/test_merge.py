@@ -6,7 +6,7 @@ from recycler.merge import ResidentMerger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 
 def merger_for(tmp_path, **kwargs) -> ResidentMerger:

@@ -24,7 +24,7 @@ from recycler.recipes import (
 )
 from recycler.spec import load_spec
 from tests.test_export import read_folder, run_mergekit
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 WEIGHTS = {"c0": 0.9, "c1": 0.6, "c2": 0.3}
 

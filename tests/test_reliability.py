@@ -1,7 +1,10 @@
 """Failures during a search: dead workers, bad candidates, NaN checkpoints."""
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +15,7 @@ import yaml
 from optuna.trial import TrialState
 from safetensors.torch import load_file, save_file
 
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, format_bytes
 from recycler.search import fail_and_retry, finished_trials, run_search
 from recycler.workers import MergeWorker
 from tests.suites import write_search_spec as write_spec
@@ -93,3 +96,24 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
     save_file(tensors, file, metadata={"format": "pt"})
     with pytest.raises(RecyclerError, match="checkpoint 'c2' .*tensor 'transformer.h.1.mlp.c_proj.bias' holds NaN or inf"):
         MergeWorker(spec)
+
+
+def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tmp_path):
+    """Ray's own memory monitor, with its threshold set below what the machine already uses, kills
+    the first worker as it starts: `recycler run` says what ran out and what a worker needs."""
+    spec = write_spec(tmp_path, workers=1)
+    spec_path = tmp_path / "pool.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_memory_usage_threshold": "0.001", "RAY_memory_monitor_refresh_ms": "50"}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run([sys.executable, "-m", "recycler.cli", "run", str(spec_path), "--study", str(tmp_path / "study")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    model_bytes = sum(t.numel() * t.element_size() for t in load_file(tmp_path / "ckpt0" / "model.safetensors").values())
+    assert lines[0] == (
+        "recycler: error: a worker ran out of memory while starting and Ray killed it "
+        f"{re.search(r'[(]the node had .+ of .+ in use[)]', lines[0])[0]}: "
+        f"each worker holds the pool's 3 checkpoints stacked plus one model, {format_bytes(4 * model_bytes)}, "
+        f"{format_bytes(4 * model_bytes)} for 1 worker(s); lower resources.workers or use a machine with more memory"
+    )

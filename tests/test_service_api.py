@@ -11,7 +11,7 @@ from recycler.cli import _print_front
 from recycler.service import ServiceConfig, create_app
 from recycler.service.store import Store
 from tests.suites import write_suite
-from tests.tiny import write_pool
+from recycler.demo.tiny import write_pool
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

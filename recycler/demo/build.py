@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from recycler.demo import skills
@@ -135,22 +136,28 @@ def train(
     batch_size: int,
     vocab: dict[str, int],
     rng: random.Random,
+    label: str,
     on_step: Callable[[int], None] = lambda step: None,
 ) -> None:
-    """AdamW on the mixture; `on_step(k)` runs after k steps, so a run can be snapshotted mid-way."""
+    """AdamW on the mixture, with a progress bar named `label`; `on_step(k)` runs after k steps,
+    so a run can be snapshotted mid-way."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     data = batches(mixture, batch_size, rng, vocab)
-    for step in range(1, steps + 1):
-        input_ids, labels = next(data)
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        on_step(step)
+    with tqdm(total=steps, desc=label, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+        for step in range(1, steps + 1):
+            input_ids, labels = next(data)
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            on_step(step)
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 
 def save(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
@@ -181,19 +188,23 @@ def build_into(folder: Path, recipe: Recipe) -> None:
         if step == recipe.early_step:
             save(model, tokenizer, folder / "checkpoints" / recipe.early)
 
+    runs = 1 + len(recipe.branches)
+    print(f"building the demo pool: pretraining the base for {recipe.base_steps} steps, then "
+          f"{len(recipe.branches)} checkpoints branched from it", flush=True)
     started = time.perf_counter()
     rng = random.Random(f"{recipe.seed}:base")
     train(model, recipe.base_mixture, recipe.base_lr, recipe.base_steps, batch_size=recipe.batch_size, vocab=vocab,
-          rng=rng, on_step=snapshot_early)
+          rng=rng, label=f"[1/{runs}] base", on_step=snapshot_early)
     save(model, tokenizer, folder / "base")
     print(f"base: {recipe.base_steps} steps ({recipe.early} at step {recipe.early_step}) "
           f"in {time.perf_counter() - started:.0f}s", flush=True)
     base_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    for branch in recipe.branches:
+    for run, branch in enumerate(recipe.branches, start=2):
         started = time.perf_counter()
         model.load_state_dict(base_state)
         rng = random.Random(f"{recipe.seed}:{branch.name}")
-        train(model, branch.mixture, branch.lr, branch.steps, batch_size=recipe.batch_size, vocab=vocab, rng=rng)
+        train(model, branch.mixture, branch.lr, branch.steps, batch_size=recipe.batch_size, vocab=vocab, rng=rng,
+              label=f"[{run}/{runs}] {branch.name}")
         save(model, tokenizer, folder / "checkpoints" / branch.name)
         print(f"{branch.name}: {branch.steps} steps at lr {branch.lr:g} in {time.perf_counter() - started:.0f}s",
               flush=True)

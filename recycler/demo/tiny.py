@@ -1,13 +1,17 @@
-"""Tiny random checkpoints, written as HF folders, for tests that need a pool in seconds."""
+"""Tiny random checkpoints written as HF folders: a pool in seconds, for the tests and for checking
+an install end to end (`python -m recycler.demo.tiny OUT` writes one scored on the `demo` suite)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
+import transformers
 import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+from recycler.demo.skills import ALPHABET
 from recycler.demo.tokenizer import build_char_tokenizer
 
 CHARS = "0123456789+=-abcdefghij \n"
@@ -61,3 +65,16 @@ def write_pool(root: Path, count: int = 3, *, base: bool = False, name: str = "t
     path = root / "pool.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write a pool of tiny random checkpoints scored on the demo suite.")
+    parser.add_argument("out", type=Path, help="folder to write the checkpoints and pool.yaml into")
+    parser.add_argument("--count", type=int, default=3, help="checkpoints in the pool")
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    print(write_pool(args.out, args.count, base=True, chars=ALPHABET))
+
+
+if __name__ == "__main__":
+    main()
