@@ -38,7 +38,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 def _cmd_merge(args: argparse.Namespace) -> None:
     from recycler.export import check_export_target, export_merge
-    from recycler.merge import ResidentMerger
+    from recycler.merge import Merger
     from recycler.pool import load_pool
     from recycler.recipes import LinearRecipe
     from recycler.spec import load_spec
@@ -48,7 +48,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     pool = load_pool(load_spec(args.spec))
     recipe.check(pool)
     pool.check_finite()
-    out = export_merge(ResidentMerger(pool), recipe, args.out, max_shard_size=args.max_shard_size, overwrite=args.force)
+    out = export_merge(Merger(pool), recipe, args.out, max_shard_size=args.max_shard_size, overwrite=args.force)
     print(f"exported {recipe.method} merge to {out}")
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from recycler.errors import RecyclerError
-from recycler.merge import ResidentMerger
-from recycler.pool import INDEX_FILE, Pool, sha256_file
+from recycler.merge import Merger
+from recycler.files import sha256_file
+from recycler.pool import INDEX_FILE, Pool
 from recycler.recipes import MergeRecipe, recipe_from_json
 
 RECIPE_FILE = "mergekit.yaml"
@@ -67,7 +68,7 @@ def check_export_target(out_dir: Path, overwrite: bool) -> None:
 
 
 def export_merge(
-    merger: ResidentMerger,
+    merger: Merger,
     recipe: MergeRecipe,
     out_dir: str | Path,
     *,
@@ -152,6 +153,6 @@ def export_trial(
     if pool.fingerprint() != info.fingerprint:
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")
     return export_merge(
-        ResidentMerger(pool), recipe_from_json(recipe_json), out_dir, scores=scores, suite=info.spec["suite"],
+        Merger(pool), recipe_from_json(recipe_json), out_dir, scores=scores, suite=info.spec["suite"],
         max_shard_size=max_shard_size, overwrite=overwrite,
     )

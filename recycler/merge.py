@@ -1,46 +1,95 @@
 """The merge engine: a candidate merge written in place into one resident model.
 
-Each parameter's source tensors (the checkpoints in pool order, then the base) are stacked once
-into an (rows, numel) matrix. A linear candidate is one weighted sum per parameter (a
-vector-matrix product), accumulated in float32 and cast back to the parameter's dtype; the
-recipes in `recycler.recipes` say what to write. No file is written and no second model is
-built per candidate.
+A recipe (`recycler.recipes`) says what each tensor is: a weighted sum of its rows (the
+checkpoints in pool order, then the base) or a function of the rows in float32. The engine decides
+where the rows live (`recycler.residency`): stacked on the worker's device when the stacks fit its
+memory budget, else streamed from the pool's memory-mapped files, which every worker on a machine
+shares. No file is written and no second model is built per candidate.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
+from recycler.recipes import MergeRecipe, RowsRecipe, WeightedRecipe
+from recycler.residency import ResidentRows, Rows, StreamedRows, WeightedSum
 
-if TYPE_CHECKING:
-    from recycler.recipes import MergeRecipe
-
-# Elements converted to float32 at a time when the pool is stored in a narrower dtype.
-_CHUNK = 1 << 18
-
-
-def resident_bytes(pool: Pool) -> int:
-    """Memory a ResidentMerger holds: every member's tensors stacked, plus the resident model."""
-    return (len(pool.members) + 1) * pool.model_bytes
+# Of the memory a device or machine has free, the share `auto` budgets for merging: the rest is
+# for evaluation (activations, the KV cache) and everything else a worker runs.
+AUTO_SHARE = 0.5
 
 
-class ResidentMerger:
-    """A model resident in memory plus the pool's tensors stacked per parameter, on one device."""
+@dataclass(frozen=True)
+class MemoryNeeds:
+    """What a worker needs to merge candidates of a pool on a device."""
 
-    def __init__(self, pool: Pool, device: str | torch.device = "cpu") -> None:
+    model: int
+    scratch: int
+    stacks: int
+
+    @property
+    def streamed(self) -> int:
+        """One model and scratch: the pool stays in the shared page cache."""
+        return self.model + self.scratch
+
+    @property
+    def resident(self) -> int:
+        """The pool stacked on the device as well."""
+        return self.streamed + self.stacks
+
+    @classmethod
+    def of(cls, pool: Pool, device: torch.device) -> MemoryNeeds:
+        rows = len(pool.members)
+        scratch = Rows.scratch_bytes(rows, device) + StreamedRows.staging_bytes(rows, pool.dtype, device)
+        if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over
+            scratch += 2 * rows * pool.largest_tensor * 4
+        return cls(model=pool.model_bytes, scratch=scratch, stacks=rows * pool.model_bytes)
+
+
+def available_memory(device: torch.device, workers_sharing: int = 1) -> int:
+    """What `auto` budgets for one worker: a share of the device's free memory, or of the machine's
+    available memory (page cache counts as available) split between the workers on it."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * AUTO_SHARE)
+    import psutil
+
+    return int(psutil.virtual_memory().available * AUTO_SHARE / max(1, workers_sharing))
+
+
+def keep_resident(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> bool:
+    """Whether the pool's stacks fit the budget (None: `auto`) beside one model and scratch; refused
+    with one line when not even one model and scratch fit."""
+    needs = MemoryNeeds.of(pool, device)
+    chosen = available_memory(device, workers_sharing) if budget is None else budget
+    if needs.streamed > chosen:
+        source = "resources.memory_per_worker" if budget is not None else f"the memory free for a worker on {device.type} (auto)"
+        raise RecyclerError(
+            f"{source}: {format_bytes(chosen)} cannot hold one model of this pool plus scratch: a worker needs at "
+            f"least {format_bytes(needs.streamed)} (model {format_bytes(needs.model)}, scratch {format_bytes(needs.scratch)})"
+        )
+    return needs.resident <= chosen
+
+
+class Merger:
+    """One model resident on a device, and the pool's rows where the memory budget puts them."""
+
+    def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
+                 workers_sharing: int = 1) -> None:
         from transformers import AutoModelForCausalLM
 
         self.pool = pool
         self.device = torch.device(device)
+        resident = keep_resident(pool, self.device, budget, workers_sharing)
         self.model = AutoModelForCausalLM.from_pretrained(str(pool.reference.path), dtype=pool.dtype).to(self.device)
         self.model.eval()
         parameters = self.model.state_dict(keep_vars=True)
         self._targets: dict[str, torch.Tensor] = {}
-        self.stacks: dict[str, torch.Tensor] = {}
         for name in pool.tensor_names:
             info = pool.reference.tensors[name]
             if not info.dtype.is_floating_point:
@@ -57,56 +106,32 @@ class ResidentMerger:
                     f"the model's parameter {list(target.shape)} {target.dtype}"
                 )
             self._targets[name] = target
-            self.stacks[name] = self._stack(name, info.dtype)
-        self._scratch = _Scratch(len(pool.members), self.device)
-        self._cosines: dict[tuple[str, int, int], float] = {}
+        shapes = {name: target.shape for name, target in self._targets.items()}
+        source = pool.rows
+        if resident:
+            self.rows: Rows = ResidentRows(source, shapes, len(pool.members), pool.dtype, self.device, on_row=self._check_row)
+        else:
+            self.rows = StreamedRows(source, shapes, len(pool.members), pool.dtype, self.device)
 
-    def _stack(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        members = self.pool.members
-        numel = self._targets[name].numel()
-        stack = torch.empty((len(members), numel), dtype=dtype, device=self.device)
-        for row, member in enumerate(members):
-            stack[row].copy_(member.tensor(name).reshape(-1))
-            if not torch.isfinite(stack[row]).all():
-                raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
-        return stack
-
-    @property
-    def stacked_bytes(self) -> int:
-        """Bytes the resident stacks hold: what one materialization reads."""
-        return sum(s.numel() * s.element_size() for s in self.stacks.values())
-
-    @property
-    def row_count(self) -> int:
-        return len(self.pool.members)
-
-    def row_vector(self, coefficients: list[float]) -> torch.Tensor:
-        """One coefficient per stacked row, on the merger's device."""
-        return torch.tensor(coefficients, dtype=torch.float32, device=self.device)
-
-    def write_weighted(self, name: str, coefficients: torch.Tensor) -> None:
-        """Parameter `name` = coefficients @ its stack."""
-        _weighted_sum_into(self._targets[name].data.view(-1), self.stacks[name], coefficients, self._scratch)
-
-    def write_values(self, name: str, values: torch.Tensor) -> None:
-        """Parameter `name` = these flat float32 values, cast to its dtype."""
-        self._targets[name].data.view(-1).copy_(values)
-
-    def cosine(self, name: str, i: int, j: int, eps: float) -> float:
-        """Cosine between rows i and j of a stack (norms below eps count as 1), computed once per pair."""
-        key = (name, i, j)
-        if key not in self._cosines:
-            a, b = (self.stacks[name][r].to(torch.float64) for r in (i, j))
-            norm_a, norm_b = (float(torch.linalg.vector_norm(v)) for v in (a, b))
-            dot = float(a @ b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))
-            self._cosines[key] = min(1.0, max(-1.0, dot))
-        return self._cosines[key]
+    def _check_row(self, name: str, index: int, row: torch.Tensor) -> None:
+        if not torch.isfinite(row).all():
+            member = self.pool.members[index]
+            raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
 
     @torch.no_grad()
     def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
         """Write the recipe's merge into the resident model's parameters and return the model."""
         recipe.check(self.pool)
-        recipe.write(self)
+        if isinstance(recipe, WeightedRecipe):
+            self.rows.weighted_sums([
+                WeightedSum(name, recipe.tensor_coefficients(self.pool, name, partial(self.rows.cosine, name)), target.data)
+                for name, target in self._targets.items()
+            ])
+        elif isinstance(recipe, RowsRecipe):
+            for name, target in self._targets.items():
+                target.data.view(-1).copy_(recipe.merge_rows(self.pool, name, self.rows.float32_rows(name)))
+        else:
+            raise TypeError(f"{type(recipe).__name__} is neither a weighted sum nor a function of the rows")
         return self.model
 
     @torch.no_grad()
@@ -117,32 +142,3 @@ class ResidentMerger:
                 return name
         return None
 
-
-def _weighted_sum_into(out: torch.Tensor, stack: torch.Tensor, coefficients: torch.Tensor, scratch: _Scratch) -> None:
-    """out = coefficients @ stack, accumulated in float32 (float64 for a float64 pool), cast to out's dtype.
-
-    A float32 (or float64) stack is one matrix-vector product straight into the parameter. A
-    narrower stack is converted chunk by chunk into preallocated float32 scratch, so no memory is
-    allocated per candidate and the working set stays in cache.
-    """
-    compute = torch.float64 if stack.dtype == torch.float64 else torch.float32
-    coefficients = coefficients.to(compute)
-    if stack.dtype == compute and out.dtype == compute:
-        torch.mv(stack.T, coefficients, out=out)
-        return
-    rows, numel = stack.shape
-    for start in range(0, numel, _CHUNK):
-        end = min(start + _CHUNK, numel)
-        wide = scratch.rows[:rows, : end - start]
-        total = scratch.total[: end - start]
-        wide.copy_(stack[:, start:end])
-        torch.mv(wide.T, coefficients, out=total)
-        out[start:end].copy_(total)
-
-
-class _Scratch:
-    """float32 buffers for converting a narrow-dtype stack chunk by chunk."""
-
-    def __init__(self, rows: int, device: torch.device) -> None:
-        self.rows = torch.empty((rows, _CHUNK), dtype=torch.float32, device=device)
-        self.total = torch.empty(_CHUNK, dtype=torch.float32, device=device)

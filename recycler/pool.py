@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from recycler.errors import RecyclerError
+from recycler.files import cached_sha256
 from recycler.spec import CheckpointRef, PoolSpec
 
 WEIGHTS_FILE = "model.safetensors"
@@ -187,14 +188,6 @@ def _check_vocabularies(reference: Checkpoint, others: list[Checkpoint]) -> None
         )
 
 
-def sha256_file(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class Pool:
     """A validated pool: the checkpoints to merge and, optionally, a base they were trained from."""
@@ -235,6 +228,16 @@ class Pool:
                 sizes[info.dtype] = sizes.get(info.dtype, 0) + torch.Size(info.shape).numel()
         return max(sizes, key=sizes.__getitem__)
 
+    def rows(self, tensor_name: str) -> list[torch.Tensor]:
+        """A tensor of every member (checkpoints in pool order, then the base): memory-mapped
+        views of the files, so every process on a machine reads one copy, the page cache."""
+        return [member.tensor(tensor_name) for member in self.members]
+
+    @property
+    def largest_tensor(self) -> int:
+        """Elements of the largest floating-point tensor."""
+        return max(torch.Size(i.shape).numel() for i in self.reference.tensors.values() if i.dtype.is_floating_point)
+
     @property
     def model_bytes(self) -> int:
         """Bytes of one checkpoint's floating-point tensors: one model's worth of memory."""
@@ -262,7 +265,7 @@ class Pool:
             meta = [(k, list(i.shape), str(i.dtype)) for k, i in sorted(self.reference.tensors.items())]
             digest.update(json.dumps(meta).encode())
             for member in self.members:
-                sums = [sha256_file(file) for file in member.files]
+                sums = cached_sha256(member.files)
                 digest.update(json.dumps([member.name, member is self.base, sums]).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint

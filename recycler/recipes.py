@@ -1,11 +1,11 @@
-"""Merge recipes: what one candidate merge is, how it is written into the resident model, and the
-mergekit configuration that reproduces it.
+"""Merge recipes: what one candidate merge is, tensor by tensor, and the mergekit configuration
+that reproduces it.
 
-A recipe works on the merger's stacks: each parameter's checkpoints as rows in pool order, then
-the base. Linear, task arithmetic, layer-wise and SLERP merges are one coefficient per row and
-tensor, so they reuse the fused weighted sum. TIES and DARE form the task vectors τᵢ = θᵢ − θ_base
-per tensor in float32 from the same stacks (as mergekit does with `dtype: float32`), so no
-checkpoint is held twice.
+A recipe is math per tensor over its rows (the checkpoints in pool order, then the base) and knows
+nothing of where the rows live; the engine (`recycler.merge`) does. Linear, task arithmetic,
+layer-wise and SLERP merges are `WeightedRecipe`s: one coefficient per row and tensor, so the
+engine computes one fused weighted sum. TIES and DARE are `RowsRecipe`s: they form the task
+vectors τᵢ = θᵢ − θ_base from the rows in float32 (as mergekit does with `dtype: float32`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import hashlib
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -24,8 +24,8 @@ from recycler.config import registrar
 from recycler.errors import RecyclerError
 from recycler.pool import Pool
 
-if TYPE_CHECKING:
-    from recycler.merge import ResidentMerger
+# The cosine between rows i and j of the tensor being merged, norms below eps counting as 1.
+Cosine = Callable[[int, int, float], float]
 
 _KINDS: dict[str, type[MergeRecipe]] = {}
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -91,10 +91,6 @@ class MergeRecipe(ABC):
         """Refuse a recipe this pool cannot make, with one line naming the problem."""
 
     @abstractmethod
-    def write(self, merger: ResidentMerger) -> None:
-        """Write the merge into every parameter of the merger's resident model."""
-
-    @abstractmethod
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         """The mergekit YAML (as a mapping) that reproduces this merge from the pool's folders."""
 
@@ -114,9 +110,25 @@ class MergeRecipe(ABC):
         return cls(**fields)
 
 
+class WeightedRecipe(MergeRecipe):
+    """A merge that is, tensor by tensor, a weighted sum of the rows."""
+
+    @abstractmethod
+    def tensor_coefficients(self, pool: Pool, tensor_name: str, cosine: Cosine) -> list[float]:
+        """One coefficient per row of the tensor: the checkpoints in pool order, then the base if any."""
+
+
+class RowsRecipe(MergeRecipe):
+    """A merge that is, tensor by tensor, some other function of the rows."""
+
+    @abstractmethod
+    def merge_rows(self, pool: Pool, tensor_name: str, rows: torch.Tensor) -> torch.Tensor:
+        """The merged tensor, flat float32, from its (rows, numel) float32 rows, which it may change."""
+
+
 @_kind("linear")
 @dataclass(frozen=True)
-class LinearRecipe(MergeRecipe):
+class LinearRecipe(WeightedRecipe):
     """θ = Σ wᵢ θᵢ, or task arithmetic θ_base + Σ wᵢ (θᵢ − θ_base) when `relative`."""
 
     weights: Mapping[str, float]
@@ -140,10 +152,8 @@ class LinearRecipe(MergeRecipe):
     def check(self, pool: Pool) -> None:
         self.coefficients(pool)
 
-    def write(self, merger: ResidentMerger) -> None:
-        coefficients = merger.row_vector(self.coefficients(merger.pool))
-        for name in merger.stacks:
-            merger.write_weighted(name, coefficients)
+    def tensor_coefficients(self, pool: Pool, tensor_name: str, cosine: Cosine) -> list[float]:
+        return self.coefficients(pool)
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         models = _models(pool, [{"weight": float(self.weights.get(n, 0.0))} for n in pool.names])
@@ -168,7 +178,7 @@ def layer_count(tensor_names: list[str]) -> int:
 
 @_kind("layerwise")
 @dataclass(frozen=True)
-class LayerwiseRecipe(MergeRecipe):
+class LayerwiseRecipe(WeightedRecipe):
     """A linear merge with its own weights for each block of `block_size` consecutive layers;
     `other` weighs the tensors outside the layers (embeddings, final norm, head)."""
 
@@ -189,14 +199,10 @@ class LayerwiseRecipe(MergeRecipe):
             raise RecyclerError(f"layer-wise merge: {len(self.blocks)} blocks of {self.block_size} layers, "
                                 f"but the model's {layers} layers need {needed}")
 
-    def write(self, merger: ResidentMerger) -> None:
-        def row(weights: Mapping[str, float]) -> torch.Tensor:
-            return merger.row_vector(LinearRecipe(weights).coefficients(merger.pool))
-
-        blocks, other = [row(w) for w in self.blocks], row(self.other)
-        for name in merger.stacks:
-            layer = layer_of(name)
-            merger.write_weighted(name, other if layer is None else blocks[layer[0] // self.block_size])
+    def tensor_coefficients(self, pool: Pool, tensor_name: str, cosine: Cosine) -> list[float]:
+        layer = layer_of(tensor_name)
+        weights = self.other if layer is None else self.blocks[layer[0] // self.block_size]
+        return LinearRecipe(weights).coefficients(pool)
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         """Per-layer weights as mergekit conditional parameters: the first filter contained in a tensor's name wins."""
@@ -224,7 +230,7 @@ class LayerwiseRecipe(MergeRecipe):
 
 @_kind("slerp")
 @dataclass(frozen=True)
-class SlerpRecipe(MergeRecipe):
+class SlerpRecipe(WeightedRecipe):
     """Spherical interpolation between two checkpoints, tensor by tensor: t = 0 is `first`, t = 1 is
     `second`. Nearly parallel tensors (|cos| > 0.9995) are interpolated linearly, as mergekit does."""
 
@@ -248,18 +254,17 @@ class SlerpRecipe(MergeRecipe):
         if not math.isfinite(self.t):
             raise RecyclerError("slerp: t is not a finite number")
 
-    def write(self, merger: ResidentMerger) -> None:
-        i, j = merger.pool.names.index(self.first), merger.pool.names.index(self.second)
-        for name in merger.stacks:
-            cosine = merger.cosine(name, i, j, self.EPS)
-            if abs(cosine) > self.DOT_THRESHOLD:
-                a, b = 1.0 - self.t, self.t
-            else:
-                theta = math.acos(cosine)
-                a, b = math.sin((1.0 - self.t) * theta) / math.sin(theta), math.sin(self.t * theta) / math.sin(theta)
-            coefficients = [0.0] * merger.row_count
-            coefficients[i], coefficients[j] = a, b
-            merger.write_weighted(name, merger.row_vector(coefficients))
+    def tensor_coefficients(self, pool: Pool, tensor_name: str, cosine: Cosine) -> list[float]:
+        i, j = pool.names.index(self.first), pool.names.index(self.second)
+        angle_cosine = cosine(i, j, self.EPS)
+        if abs(angle_cosine) > self.DOT_THRESHOLD:
+            a, b = 1.0 - self.t, self.t
+        else:
+            theta = math.acos(angle_cosine)
+            a, b = math.sin((1.0 - self.t) * theta) / math.sin(theta), math.sin(self.t * theta) / math.sin(theta)
+        coefficients = [0.0] * len(pool.members)
+        coefficients[i], coefficients[j] = a, b
+        return coefficients
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         first, second = pool.checkpoint(self.first), pool.checkpoint(self.second)
@@ -298,7 +303,7 @@ def _top_magnitudes(row: torch.Tensor, keep: int) -> torch.Tensor:
 
 @_kind("task_vectors")
 @dataclass(frozen=True)
-class TaskVectorRecipe(MergeRecipe):
+class TaskVectorRecipe(RowsRecipe):
     """TIES and DARE: θ_base + λ · combine(wᵢ · sparsify(τᵢ)).
 
     - ties: keep each τᵢ's top `density` fraction by magnitude, elect a sign per entry by the sum of
@@ -337,14 +342,12 @@ class TaskVectorRecipe(MergeRecipe):
         if not math.isfinite(self.scale):
             raise RecyclerError(f"{self.method}: lambda is not a finite number")
 
-    def write(self, merger: ResidentMerger) -> None:
-        weights = torch.tensor(_check_weights(merger.pool, self.weights), dtype=torch.float32, device=merger.device)
-        for name, stack in merger.stacks.items():
-            rows = stack.to(torch.float32, copy=True)
-            base = rows[-1]
-            deltas = rows[:-1].sub_(base)
-            self._sparsify(name, deltas)
-            merger.write_values(name, base.add_(self._combine(deltas, weights)))
+    def merge_rows(self, pool: Pool, tensor_name: str, rows: torch.Tensor) -> torch.Tensor:
+        weights = torch.tensor(_check_weights(pool, self.weights), dtype=torch.float32, device=rows.device)
+        base = rows[-1]
+        deltas = rows[:-1].sub_(base)
+        self._sparsify(tensor_name, deltas)
+        return base.add_(self._combine(deltas, weights))
 
     def _sparsify(self, tensor_name: str, deltas: torch.Tensor) -> None:
         if self.density >= 1.0:

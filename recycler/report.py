@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from recycler.front import front_records, front_table, hypervolume_history
-from recycler.study import load_study, write_text_atomic
+from recycler.files import write_text_atomic
+from recycler.study import load_study
 
 _STYLE = {
     "merge": dict(color="#9aa5b1", size=7, symbol="circle"),

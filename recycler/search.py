@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from recycler.baselines import baseline_recipes
 from recycler.errors import RecyclerError, format_bytes
 from recycler.front import BASELINE_ATTR, hypervolume, reference_point
-from recycler.merge import resident_bytes
+from recycler.merge import MemoryNeeds, keep_resident
 from recycler.pool import Pool, load_pool
 from recycler.recipes import MergeRecipe, layer_count
 from recycler.space import SearchSpace, load_space
@@ -65,6 +66,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
     space = load_space(spec.search.space, pool.names, layers=layer_count(pool.tensor_names))
     objectives, directions, held_out = _objectives(spec)
     make_sampler(spec.search.sampler, spec.search.seed)
+    if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
+        keep_resident(pool, _worker_device(spec), spec.resources.memory_budget)
     pool.check_finite()
     info = StudyInfo(
         name=spec.name,
@@ -226,8 +229,7 @@ def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None
     gpus = spec.resources.gpus_per_worker
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
-    device = "cuda" if gpus > 0 else "cpu"
-    handles = [actor.remote(spec, device, cpus) for _ in range(count or workers)]
+    handles = [actor.remote(spec, _worker_device(spec).type, cpus) for _ in range(count or workers)]
     waiting = [h.ready.remote() for h in handles]
     with tqdm(total=len(handles), desc="starting workers", unit="worker", delay=2.0, disable=not progress,
               dynamic_ncols=True) as bar:
@@ -250,19 +252,21 @@ def _startup_failure(error: Exception, spec: PoolSpec, count: int) -> str:
     if isinstance(error, ray.exceptions.RayActorError) and error.actor_init_failed:
         raised = str(error).strip().splitlines()[-1]  # the exception the worker's constructor raised
         return "a worker failed while starting: " + re.sub(r"^([\w.]*\.)?RecyclerError: ", "", raised)
-    pool = load_pool(spec)
-    need = resident_bytes(pool)
+    needs = MemoryNeeds.of(load_pool(spec), _worker_device(spec))
     holds = (
-        f"each worker holds the pool's {len(pool.members)} checkpoints stacked plus one model, "
-        f"{format_bytes(need)}, {format_bytes(count * need)} for {count} worker(s)"
+        f"a worker needs {format_bytes(needs.streamed)} with the pool streamed from the page cache (one model and "
+        f"scratch), {format_bytes(needs.resident)} with it stacked, and {count} worker(s) started"
     )
+    advice = "lower resources.workers or resources.memory_per_worker, or use a machine with more memory"
     if isinstance(error, ray.exceptions.OutOfMemoryError):
         node = re.search(r"was ([\d.]+\s*GB) used / ([\d.]+\s*GB) limit", str(error))
         seen = f" (the node had {node[1]} of {node[2]} in use)" if node else ""
-        return (f"a worker ran out of memory while starting and Ray killed it{seen}: {holds}; "
-                "lower resources.workers or use a machine with more memory")
-    return (f"a worker died while starting ({_describe(error)[:200]}): {holds}; if the machine ran out of memory, "
-            "lower resources.workers or use a machine with more memory")
+        return f"a worker ran out of memory while starting and Ray killed it{seen}: {holds}; {advice}"
+    return f"a worker died while starting ({_describe(error)[:200]}): {holds}; if memory ran out, {advice}"
+
+
+def _worker_device(spec: PoolSpec) -> torch.device:
+    return torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
 
 
 def run_search(

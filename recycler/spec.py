@@ -7,11 +7,13 @@ against the spec file's folder so a spec and its pool can move together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    ByteSize,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -51,10 +53,34 @@ class SearchConfig(StrictModel):
 
 
 class Resources(StrictModel):
-    """How many worker actors score candidates, and the GPUs each one holds."""
+    """How many worker actors score candidates, the GPUs each one holds, and the memory each may
+    spend on the pool."""
 
     workers: int = Field(default=1, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    memory_per_worker: Literal["auto"] | int = Field(
+        default="auto",
+        description="bytes ('24GB', '512MiB') a worker may hold for the model, scratch and, when they fit, the "
+        "pool's stacks; 'auto': half of what its device (or its share of the machine) has free",
+    )
+
+    @field_validator("memory_per_worker", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            size = TypeAdapter(ByteSize).validate_python(value)
+        except ValidationError:
+            raise ValueError(f"{value!r} is neither 'auto' nor a size such as '24GB' or '512MiB'") from None
+        if size <= 0:
+            raise ValueError(f"{value!r} is not a positive size")
+        return int(size)
+
+    @property
+    def memory_budget(self) -> int | None:
+        """The budget in bytes, or None for `auto`."""
+        return None if self.memory_per_worker == "auto" else int(self.memory_per_worker)
 
 
 class PoolSpec(StrictModel):

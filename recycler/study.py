@@ -7,8 +7,6 @@ fingerprint so a study is never continued or exported against a different pool.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from recycler.errors import RecyclerError
+from recycler.files import write_text_atomic
 from recycler.spec import PoolSpec
 
 INFO_FILE = "study.json"
@@ -42,21 +41,6 @@ class StudyInfo:
     @property
     def checkpoints(self) -> list[str]:
         return [c["name"] for c in self.spec["checkpoints"]]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary sibling and a rename: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_info(folder: Path) -> StudyInfo:

@@ -1,4 +1,5 @@
-"""The worker: one pool stacked in memory, one resident model, one suite's requests, kept for a whole search.
+"""The worker: one resident model, the pool where its memory budget puts it, one suite's requests,
+kept for a whole search.
 
 Run as a Ray actor by the search; a plain object in tests and in `recycler verify`-style checks.
 """
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from recycler.evaluate import Scorer
-from recycler.merge import ResidentMerger
+from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import recipe_from_json
 from recycler.spec import PoolSpec
@@ -27,7 +28,8 @@ class MergeWorker:
         if threads:
             torch.set_num_threads(threads)
         pool = load_pool(spec)
-        self.merger = ResidentMerger(pool, device=device)
+        self.merger = Merger(pool, device=device, budget=spec.resources.memory_budget,
+                             workers_sharing=spec.resources.workers)
         tokenizer = AutoTokenizer.from_pretrained(str(pool.reference.path))
         self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from recycler.merge import ResidentMerger
+from recycler.merge import MemoryNeeds, Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import PoolSpec
@@ -59,11 +59,12 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_engine(spec: PoolSpec, repeats: int) -> dict:
-    merger = ResidentMerger(load_pool(spec))
+    pool = load_pool(spec)
+    merger = Merger(pool, budget=MemoryNeeds.of(pool, torch.device("cpu")).resident)
     n = len(spec.checkpoints)
     weights = {c.name: 1.0 / n for c in spec.checkpoints}
     ours = timed(lambda: merger.apply(LinearRecipe(weights)), repeats)
-    stacks = list(merger.stacks.values())
+    stacks = list(merger.rows.stacks.values())
     # Reference: torch reading the same stacked bytes once (a contiguous full sum): the read
     # bandwidth floor. The engine moves these bytes plus one write of the merged model.
     reference = timed(lambda: [s.sum() for s in stacks], repeats)
@@ -99,7 +100,7 @@ def bench_mergekit(spec: PoolSpec, root: Path, repeats: int) -> dict:
         run_merge(config, str(out), options=MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
         GPT2LMHeadModel.from_pretrained(str(out))
 
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     ours = timed(lambda: merger.apply(recipe), repeats)
     theirs = timed(mergekit_candidate, repeats)
     return {"checkpoints": n, "engine_s": ours, "mergekit_merge_and_load_s": theirs, "speedup": theirs / ours}
@@ -110,7 +111,7 @@ def bench_methods(spec: PoolSpec, repeats: int) -> list[dict]:
     from recycler.baselines import baseline_recipes
     from recycler.recipes import LayerwiseRecipe
 
-    merger = ResidentMerger(load_pool(spec))
+    merger = Merger(load_pool(spec))
     names = [c.name for c in spec.checkpoints]
     recipes = {label: r for label, r in baseline_recipes(names, has_base=True).items() if label not in names}
     uniform = dict(recipes["uniform"].weights)

@@ -53,7 +53,7 @@ def measure(count: int, width: int, layers: int, trials: int, root: Path) -> dic
         "merge_s": statistics.median(r["merge_seconds"] for r in results),
         "forward_s": statistics.median(r["forward_seconds"] for r in results),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "stacked_MB": worker.merger.stacked_bytes / 2**20,
+        "stacked_MB": getattr(worker.merger.rows, "stacked_bytes", 0) / 2**20,
     }
 
 

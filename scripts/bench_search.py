@@ -28,7 +28,7 @@ from recycler.recipes import LinearRecipe
 from recycler.search import make_sampler
 from recycler.space import load_space
 from recycler.spec import load_spec
-from recycler.study import write_text_atomic
+from recycler.files import write_text_atomic
 from recycler.suite import load_suite
 from recycler.workers import MergeWorker
 

@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 from recycler.front import dominates, front_records, hypervolume, reference_point
 from recycler.search import run_search
 from recycler.spec import load_spec
-from recycler.study import load_study, write_text_atomic
+from recycler.files import write_text_atomic
+from recycler.study import load_study
 
 
 def main() -> None:

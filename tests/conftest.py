@@ -1,10 +1,12 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RECYCLER_CACHE", tempfile.mkdtemp(prefix="recycler-cache-"))  # not the user's cache
 
 
 @pytest.fixture(scope="session")

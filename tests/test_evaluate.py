@@ -2,7 +2,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.evaluate import Scorer
-from recycler.merge import ResidentMerger
+from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
@@ -53,7 +53,7 @@ def test_batched_scores_equal_batch_one(tmp_path):
 
 def test_rescoring_after_an_in_place_merge_sees_the_new_weights(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     scorer = Scorer(load_suite(str(write_suite(tmp_path))), merger.model, load(pool.reference.path)[1])
     first = scorer.score()
     again = scorer.score()

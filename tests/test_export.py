@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.errors import RecyclerError
 from recycler.export import export_merge
-from recycler.merge import ResidentMerger
+from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
@@ -47,7 +47,7 @@ CASES = {
 def test_export_equals_mergekit_on_the_exported_recipe(tmp_path, case):
     pool_kwargs, recipe = CASES[case]
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, **pool_kwargs)))
-    out = export_merge(ResidentMerger(pool), recipe, tmp_path / "export", max_shard_size="4KB")
+    out = export_merge(Merger(pool), recipe, tmp_path / "export", max_shard_size="4KB")
     ours = read_folder(out)
     theirs = run_mergekit(out / "mergekit.yaml", tmp_path / "mergekit")
     assert set(ours) == set(pool.tensor_names)
@@ -70,7 +70,7 @@ def exact_merge(pool, recipe, name) -> torch.Tensor:
 
 def test_export_is_a_standard_hf_checkpoint(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="llama", max_shard_size="4KB")))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     recipe = LinearRecipe({"c0": 0.5, "c1": 0.25, "c2": 0.25})
     out = export_merge(merger, recipe, tmp_path / "export", max_shard_size="4KB", scores={"addition": 0.5})
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -91,7 +91,7 @@ def test_export_is_a_standard_hf_checkpoint(tmp_path):
 
 def test_export_refuses_a_non_empty_target_and_leaves_it(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     target = tmp_path / "export"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
@@ -107,5 +107,5 @@ def test_export_refuses_a_non_empty_target_and_leaves_it(tmp_path):
 def test_a_failed_export_leaves_nothing_behind(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
     with pytest.raises(RecyclerError):
-        export_merge(ResidentMerger(pool), LinearRecipe({"nobody": 1.0}), tmp_path / "export")
+        export_merge(Merger(pool), LinearRecipe({"nobody": 1.0}), tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]

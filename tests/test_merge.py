@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from recycler.errors import RecyclerError
-from recycler.merge import ResidentMerger
+from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.demo.tiny import write_pool
 
 
-def merger_for(tmp_path, **kwargs) -> ResidentMerger:
-    return ResidentMerger(load_pool(load_spec(write_pool(tmp_path, 3, **kwargs))))
+def merger_for(tmp_path, **kwargs) -> Merger:
+    return Merger(load_pool(load_spec(write_pool(tmp_path, 3, **kwargs))))
 
 
 def expected_tensor(pool, name, coefficients):

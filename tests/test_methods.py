@@ -12,7 +12,7 @@ import yaml
 
 from recycler.errors import RecyclerError
 from recycler.export import export_merge
-from recycler.merge import ResidentMerger
+from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import (
     LayerwiseRecipe,
@@ -63,7 +63,7 @@ def _compare(ours: dict, theirs: dict, dtype: torch.dtype, names) -> None:
 def test_deterministic_methods_equal_mergekit(tmp_path, case):
     pool_kwargs, recipe = DETERMINISTIC[case]
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, **pool_kwargs)))
-    out = export_merge(ResidentMerger(pool), recipe, tmp_path / "export")
+    out = export_merge(Merger(pool), recipe, tmp_path / "export")
     assert yaml.safe_load((out / "mergekit.yaml").read_text())["merge_method"] == recipe.method
     ours, theirs = read_folder(out), run_mergekit(out / "mergekit.yaml", tmp_path / "mergekit")
     if isinstance(recipe, TaskVectorRecipe) and recipe.density < 1:
@@ -82,7 +82,7 @@ def test_layerwise_weights_follow_the_layers(tmp_path):
     """Block 0 is c0 alone, block 1 c1 alone, the rest c2 alone: each tensor is one checkpoint's."""
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="llama")))
     recipe = LayerwiseRecipe(({"c0": 1.0}, {"c1": 1.0}), {"c2": 1.0}, block_size=1)
-    state = ResidentMerger(pool).apply(recipe).state_dict()
+    state = Merger(pool).apply(recipe).state_dict()
     for name in pool.tensor_names:
         source = "c0" if ".layers.0." in name else "c1" if ".layers.1." in name else "c2"
         assert torch.equal(state[name], pool.checkpoint(source).tensor(name)), name
@@ -92,7 +92,7 @@ def test_layerwise_weights_follow_the_layers(tmp_path):
 def test_dare_equals_mergekit_given_the_same_masks(tmp_path, method):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="gpt2", base=True)))
     recipe = TaskVectorRecipe(WEIGHTS, "random", consensus=method == "dare_ties", density=0.4, scale=1.1, seed=7)
-    out = export_merge(ResidentMerger(pool), recipe, tmp_path / "export")
+    out = export_merge(Merger(pool), recipe, tmp_path / "export")
     ours = read_folder(out)
     config = yaml.safe_load((out / "mergekit.yaml").read_text())
     assert config["merge_method"] == method and config["parameters"]["rescale"] is False
@@ -109,7 +109,7 @@ def test_dare_equals_mergekit_given_the_same_masks(tmp_path, method):
 def test_dare_drops_at_the_asked_rate_rescales_and_reproduces(tmp_path):
     """With one checkpoint weighted 1, merge − base is τ/density where kept and 0 where dropped."""
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2, arch="llama", base=True)))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     density = 0.3
     recipe = TaskVectorRecipe({"c0": 1.0}, "random", consensus=False, density=density, seed=3)
     merged = {k: v.clone() for k, v in merger.apply(recipe).state_dict().items()}
@@ -130,7 +130,7 @@ def test_dare_drops_at_the_asked_rate_rescales_and_reproduces(tmp_path):
 
 def test_ties_trims_to_density_and_a_single_vector_passes_through(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2, arch="gpt2", base=True)))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     name = "transformer.h.0.mlp.c_fc.weight"
     base, tau = pool.base.tensor(name), pool.checkpoint("c1").tensor(name) - pool.base.tensor(name)
     trimmed = merger.apply(TaskVectorRecipe({"c1": 1.0}, "magnitude", True, density=0.25)).state_dict()[name] - base
@@ -142,7 +142,7 @@ def test_ties_trims_to_density_and_a_single_vector_passes_through(tmp_path):
 
 def test_slerp_ends_at_its_checkpoints_and_keeps_norms_between(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2, arch="gpt2")))
-    merger = ResidentMerger(pool)
+    merger = Merger(pool)
     name = "transformer.h.1.attn.c_proj.weight"
     for t, source in ((0.0, "c0"), (1.0, "c1")):
         torch.testing.assert_close(merger.apply(SlerpRecipe("c0", "c1", t)).state_dict()[name], pool.checkpoint(source).tensor(name))
@@ -170,4 +170,4 @@ def test_recipes_round_trip_through_json(recipe):
 def test_recipes_a_pool_cannot_make_are_refused(tmp_path, recipe, message):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2, arch="llama")))
     with pytest.raises(RecyclerError, match=message):
-        ResidentMerger(pool).apply(recipe)
+        Merger(pool).apply(recipe)

@@ -11,12 +11,16 @@ import time
 import optuna
 import psutil
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from safetensors.torch import load_file, save_file
 
 from recycler.errors import RecyclerError, format_bytes
+from recycler.merge import MemoryNeeds
+from recycler.pool import load_pool
 from recycler.search import fail_and_retry, finished_trials, run_search
+from recycler.spec import load_spec
 from recycler.workers import MergeWorker
 from tests.suites import write_search_spec as write_spec
 
@@ -101,7 +105,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
 def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tmp_path):
     """Ray's own memory monitor, with its threshold set below what the machine already uses, kills
     the first worker as it starts: `recycler run` says what ran out and what a worker needs."""
-    spec = write_spec(tmp_path, workers=1)
+    write_spec(tmp_path, workers=1)
     spec_path = tmp_path / "pool.yaml"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_memory_usage_threshold": "0.001", "RAY_memory_monitor_refresh_ms": "50"}
     env.pop("RAY_ADDRESS", None)
@@ -110,10 +114,11 @@ def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tm
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    model_bytes = sum(t.numel() * t.element_size() for t in load_file(tmp_path / "ckpt0" / "model.safetensors").values())
+    needs = MemoryNeeds.of(load_pool(load_spec(spec_path)), torch.device("cpu"))
     assert lines[0] == (
         "recycler: error: a worker ran out of memory while starting and Ray killed it "
         f"{re.search(r'[(]the node had .+ of .+ in use[)]', lines[0])[0]}: "
-        f"each worker holds the pool's 3 checkpoints stacked plus one model, {format_bytes(4 * model_bytes)}, "
-        f"{format_bytes(4 * model_bytes)} for 1 worker(s); lower resources.workers or use a machine with more memory"
+        f"a worker needs {format_bytes(needs.streamed)} with the pool streamed from the page cache (one model and "
+        f"scratch), {format_bytes(needs.resident)} with it stacked, and 1 worker(s) started; "
+        "lower resources.workers or resources.memory_per_worker, or use a machine with more memory"
     )

@@ -17,15 +17,16 @@ from recycler.demo.tokenizer import build_char_tokenizer
 CHARS = "0123456789+=-abcdefghij \n"
 
 
-def tiny_config(arch: str, vocab_size: int, eos_id: int):
+def tiny_config(arch: str, vocab_size: int, eos_id: int, width: int = 16, layers: int = 2):
     special = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": 0}
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=32, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=True, **special
+            vocab_size=vocab_size, n_positions=32, n_embd=width, n_layer=layers, n_head=2, tie_word_embeddings=True,
+            **special,
         )
     if arch == "llama":
         return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False,
             **special,
         )
@@ -40,11 +41,13 @@ def write_checkpoint(
     dtype: torch.dtype = torch.float32,
     max_shard_size: str | None = None,
     chars: str = CHARS,
+    width: int = 16,
+    layers: int = 2,
 ) -> Path:
     """A randomly initialized tiny causal LM with a character tokenizer, saved as safetensors."""
     torch.manual_seed(seed)
     tokenizer = build_char_tokenizer(chars)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), tokenizer.eos_token_id))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, width, layers))
     model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)

@@ -1,0 +1,214 @@
+"""Where a pool's tensors live while candidates are merged, and the one arithmetic over them.
+
+A tensor's rows are its sources: the checkpoints in pool order, then the base. They either sit
+stacked on the worker's device (`ResidentRows`, when the stacks fit the worker's memory budget) or
+are read where they lie (`StreamedRows`): the memory-mapped safetensors files, which every worker on
+a machine shares through the page cache, so no worker holds a copy of the pool. On a GPU, streamed
+chunks go through two pinned host buffers: one chunk's copy to the device overlaps the previous
+chunk's sum.
+
+Both residencies feed the same rows to the same kernel, `weighted_sum_into`, so they give the same
+bits. This module needs torch alone: it is what runs on a GPU machine without the rest of recycler.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+# A tensor's rows as CPU tensors, read lazily (memory-mapped views of the pool's files).
+RowSource = Callable[[str], list[torch.Tensor]]
+
+# Tensors this large are summed by one compiled kernel (torch.compile fuses the conversion to
+# float32, the products and the sum into a single pass over the rows: the read floor); smaller
+# ones, and every tensor if compilation is unavailable, by the same arithmetic in eager chunks.
+COMPILE_MIN_ELEMENTS = 1 << 20
+EAGER_CHUNK = 1 << 16
+STREAM_CHUNK = 1 << 24  # elements per row moved to a GPU at a time
+
+
+def _weighted_sum(out: torch.Tensor, coefficients: torch.Tensor, rows: list[torch.Tensor]) -> None:
+    accumulator = rows[0].float() * coefficients[0]
+    for i in range(1, len(rows)):
+        accumulator = accumulator + rows[i].float() * coefficients[i]
+    out.copy_(accumulator)
+
+
+_compiled_sum: Callable[..., None] | None = None
+_compile_failed = False
+
+
+def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Sequence[torch.Tensor]) -> None:
+    """out = Σ coefficients[i] · rows[i], accumulated in float32 and cast to out's dtype.
+
+    `rows` are flat tensors of out's size on out's device (views, never copied); `coefficients` a
+    float32 tensor there too, so new values do not recompile the kernel."""
+    global _compiled_sum, _compile_failed
+    rows = list(rows)
+    if out.numel() >= COMPILE_MIN_ELEMENTS and not _compile_failed:
+        try:
+            if _compiled_sum is None:
+                _compiled_sum = torch.compile(_weighted_sum, dynamic=True)
+            _compiled_sum(out, coefficients, rows)
+            return
+        except Exception as error:  # no C++ compiler, no Triton, an unsupported device: same math, eagerly
+            _compile_failed = True
+            warnings.warn(f"recycler: the fused merge kernel is unavailable, merging eagerly ({type(error).__name__})", stacklevel=2)
+    for start in range(0, out.numel(), EAGER_CHUNK):
+        end = min(start + EAGER_CHUNK, out.numel())
+        _weighted_sum(out[start:end], coefficients, [row[start:end] for row in rows])
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """One tensor of a linear candidate: `out` = Σ coefficients[i] · row i."""
+
+    name: str
+    coefficients: Sequence[float]
+    out: torch.Tensor
+
+
+class Rows(ABC):
+    """A pool's floating-point tensors, row by row, on one device, with the weighted sum over them."""
+
+    def __init__(self, shapes: dict[str, torch.Size], row_count: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shapes = shapes
+        self.row_count = row_count
+        self.dtype = dtype
+        self.device = device
+        self._cosines: dict[tuple[str, int, int], float] = {}
+
+    @staticmethod
+    def scratch_bytes(row_count: int, device: torch.device) -> int:
+        """Working memory of the eager weighted sum: a float32 accumulator and product per chunk."""
+        return 2 * EAGER_CHUNK * 4
+
+    @abstractmethod
+    def row(self, name: str, index: int) -> torch.Tensor:
+        """Row `index` of tensor `name`, flat, in the pool's dtype; a view where possible."""
+
+    def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
+        """Write each sum into its `out`. Rows with a zero coefficient are not read."""
+        for s in sums:
+            used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
+            if not used:
+                s.out.zero_()
+                continue
+            vector = torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
+            weighted_sum_into(s.out.view(-1), vector, [self.row(s.name, i) for i in used])
+
+    def float32_rows(self, name: str) -> torch.Tensor:
+        """Every row of a tensor as a fresh (rows, numel) float32 matrix on the device, for recipes
+        that are not weighted sums (TIES, DARE); the caller may change it."""
+        rows = torch.empty((self.row_count, self.shapes[name].numel()), dtype=torch.float32, device=self.device)
+        for i in range(self.row_count):
+            rows[i].copy_(self.row(name, i))
+        return rows
+
+    def cosine(self, name: str, i: int, j: int, eps: float) -> float:
+        """Cosine between rows i and j of a tensor (norms below eps count as 1), computed once per pair."""
+        key = (name, i, j)
+        if key not in self._cosines:
+            a, b = (self.row(name, r).to(self.device, torch.float64) for r in (i, j))
+            norm_a, norm_b = (float(torch.linalg.vector_norm(v)) for v in (a, b))
+            dot = float(a @ b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))
+            self._cosines[key] = min(1.0, max(-1.0, dot))
+        return self._cosines[key]
+
+
+class ResidentRows(Rows):
+    """Each tensor's rows stacked (rows, numel) on the device, read once from the source."""
+
+    def __init__(self, source: RowSource, shapes: dict[str, torch.Size], row_count: int, dtype: torch.dtype,
+                 device: torch.device, on_row: Callable[[str, int, torch.Tensor], None] = lambda name, i, row: None) -> None:
+        """`on_row(name, i, row)` sees each row once as it is stacked (the engine checks it is finite)."""
+        super().__init__(shapes, row_count, dtype, device)
+        self.stacks: dict[str, torch.Tensor] = {}
+        for name, shape in shapes.items():
+            stack = torch.empty((row_count, shape.numel()), dtype=dtype, device=device)
+            for i, row in enumerate(source(name)):
+                stack[i].copy_(row.reshape(-1))
+                on_row(name, i, stack[i])
+            self.stacks[name] = stack
+
+    @property
+    def stacked_bytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.stacks.values())
+
+    def row(self, name: str, index: int) -> torch.Tensor:
+        return self.stacks[name][index]
+
+
+class StreamedRows(Rows):
+    """Rows read from the source (memory-mapped files) as each candidate is merged.
+
+    Nothing here grows with the pool: a CPU worker sums the shared page cache directly; a GPU
+    worker copies each chunk's rows into one of two pinned host buffers, then to the device on a
+    copy stream, while the previous chunk is summed.
+    """
+
+    def __init__(self, source: RowSource, shapes: dict[str, torch.Size], row_count: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__(shapes, row_count, dtype, device)
+        self.source = source
+        if device.type == "cuda":
+            chunk = min(STREAM_CHUNK, max(s.numel() for s in shapes.values()))
+            self._pinned = [torch.empty((row_count, chunk), dtype=dtype, pin_memory=True) for _ in range(2)]
+            self._staged = [torch.empty((row_count, chunk), dtype=dtype, device=device) for _ in range(2)]
+            self._copy_stream = torch.cuda.Stream(device)
+
+    @staticmethod
+    def staging_bytes(row_count: int, dtype: torch.dtype, device: torch.device) -> int:
+        """Device memory for the two staged chunks of a GPU worker (pinned host memory holds as much again)."""
+        return 2 * row_count * STREAM_CHUNK * dtype.itemsize if device.type == "cuda" else 0
+
+    def row(self, name: str, index: int) -> torch.Tensor:
+        return self.source(name)[index].reshape(-1)
+
+    def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
+        if self.device.type != "cuda":
+            super().weighted_sums(sums)  # the page cache is the CPU's resident copy
+            return
+        pieces = []
+        for s in sums:
+            used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
+            if not used:
+                s.out.zero_()
+                continue
+            vector = torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
+            numel = s.out.numel()
+            chunk = self._pinned[0].shape[1]
+            pieces += [(s, used, vector, start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
+        self._pipeline(pieces)
+
+    def _pipeline(self, pieces: list[tuple[WeightedSum, list[int], torch.Tensor, int, int]]) -> None:
+        compute = torch.cuda.current_stream(self.device)
+        copied = [torch.cuda.Event() for _ in range(2)]
+        summed = [torch.cuda.Event() for _ in range(2)]
+
+        def stage(k: int) -> None:
+            s, used, _, start, end = pieces[k]
+            slot, rows = k % 2, self.source(s.name)
+            host = self._pinned[slot][: len(used), : end - start]
+            copied[slot].synchronize()  # this pinned buffer's last copy to the device is done
+            for r, i in enumerate(used):
+                host[r].copy_(rows[i].reshape(-1)[start:end])
+            with torch.cuda.stream(self._copy_stream):
+                self._copy_stream.wait_event(summed[slot])  # the device buffer's last chunk was summed
+                self._staged[slot][: len(used), : end - start].copy_(host, non_blocking=True)
+                copied[slot].record(self._copy_stream)
+
+        if pieces:
+            stage(0)
+        for k, (s, used, vector, start, end) in enumerate(pieces):
+            slot = k % 2
+            compute.wait_event(copied[slot])
+            staged = self._staged[slot]
+            weighted_sum_into(s.out.view(-1)[start:end], vector, [staged[r, : end - start] for r in range(len(used))])
+            summed[slot].record(compute)
+            if k + 1 < len(pieces):
+                stage(k + 1)
