@@ -13,9 +13,11 @@ bits. This module needs torch alone: it is what runs on a GPU machine without th
 
 from __future__ import annotations
 
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -88,32 +90,39 @@ class Rows(ABC):
         return 2 * EAGER_CHUNK * 4
 
     @abstractmethod
-    def row(self, name: str, index: int) -> torch.Tensor:
-        """Row `index` of tensor `name`, flat, in the pool's dtype; a view where possible."""
+    def rows(self, name: str) -> list[torch.Tensor]:
+        """Every row of tensor `name`, flat, in the pool's dtype: views, not copies."""
+
+    def _rows_to_read(self, s: WeightedSum) -> tuple[list[int], torch.Tensor]:
+        """The rows with a non-zero coefficient and those coefficients on the device; a sum with
+        none is written as zeros here."""
+        used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
+        if not used:
+            s.out.zero_()
+        return used, torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
 
     def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
         """Write each sum into its `out`. Rows with a zero coefficient are not read."""
         for s in sums:
-            used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
-            if not used:
-                s.out.zero_()
-                continue
-            vector = torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
-            weighted_sum_into(s.out.view(-1), vector, [self.row(s.name, i) for i in used])
+            used, vector = self._rows_to_read(s)
+            if used:
+                rows = self.rows(s.name)
+                weighted_sum_into(s.out.view(-1), vector, [rows[i] for i in used])
 
     def float32_rows(self, name: str) -> torch.Tensor:
         """Every row of a tensor as a fresh (rows, numel) float32 matrix on the device, for recipes
         that are not weighted sums (TIES, DARE); the caller may change it."""
         rows = torch.empty((self.row_count, self.shapes[name].numel()), dtype=torch.float32, device=self.device)
-        for i in range(self.row_count):
-            rows[i].copy_(self.row(name, i))
+        for target, row in zip(rows, self.rows(name)):
+            target.copy_(row)
         return rows
 
     def cosine(self, name: str, i: int, j: int, eps: float) -> float:
         """Cosine between rows i and j of a tensor (norms below eps count as 1), computed once per pair."""
         key = (name, i, j)
         if key not in self._cosines:
-            a, b = (self.row(name, r).to(self.device, torch.float64) for r in (i, j))
+            rows = self.rows(name)
+            a, b = (rows[r].to(self.device, torch.float64) for r in (i, j))
             norm_a, norm_b = (float(torch.linalg.vector_norm(v)) for v in (a, b))
             dot = float(a @ b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))
             self._cosines[key] = min(1.0, max(-1.0, dot))
@@ -139,8 +148,8 @@ class ResidentRows(Rows):
     def stacked_bytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self.stacks.values())
 
-    def row(self, name: str, index: int) -> torch.Tensor:
-        return self.stacks[name][index]
+    def rows(self, name: str) -> list[torch.Tensor]:
+        return list(self.stacks[name].unbind(0))
 
 
 class StreamedRows(Rows):
@@ -160,29 +169,28 @@ class StreamedRows(Rows):
             self._pinned = [torch.empty((row_count, chunk), dtype=dtype, pin_memory=True) for _ in range(2)]
             self._staged = [torch.empty((row_count, chunk), dtype=dtype, device=device) for _ in range(2)]
             self._copy_stream = torch.cuda.Stream(device)
+            # one thread per row: a single memory copy from the page cache is far slower than the bus
+            self._copiers = ThreadPoolExecutor(max_workers=max(1, min(row_count, os.cpu_count() or 1)))
 
     @staticmethod
     def staging_bytes(row_count: int, dtype: torch.dtype, device: torch.device) -> int:
         """Device memory for the two staged chunks of a GPU worker (pinned host memory holds as much again)."""
         return 2 * row_count * STREAM_CHUNK * dtype.itemsize if device.type == "cuda" else 0
 
-    def row(self, name: str, index: int) -> torch.Tensor:
-        return self.source(name)[index].reshape(-1)
+    def rows(self, name: str) -> list[torch.Tensor]:
+        return [row.reshape(-1) for row in self.source(name)]
 
     def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
         if self.device.type != "cuda":
             super().weighted_sums(sums)  # the page cache is the CPU's resident copy
             return
         pieces = []
+        chunk = self._pinned[0].shape[1]
         for s in sums:
-            used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
-            if not used:
-                s.out.zero_()
-                continue
-            vector = torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
-            numel = s.out.numel()
-            chunk = self._pinned[0].shape[1]
-            pieces += [(s, used, vector, start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
+            used, vector = self._rows_to_read(s)
+            if used:
+                numel = s.out.numel()
+                pieces += [(s, used, vector, start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
         self._pipeline(pieces)
 
     def _pipeline(self, pieces: list[tuple[WeightedSum, list[int], torch.Tensor, int, int]]) -> None:
@@ -192,11 +200,10 @@ class StreamedRows(Rows):
 
         def stage(k: int) -> None:
             s, used, _, start, end = pieces[k]
-            slot, rows = k % 2, self.source(s.name)
+            slot, rows = k % 2, self.rows(s.name)
             host = self._pinned[slot][: len(used), : end - start]
             copied[slot].synchronize()  # this pinned buffer's last copy to the device is done
-            for r, i in enumerate(used):
-                host[r].copy_(rows[i].reshape(-1)[start:end])
+            list(self._copiers.map(lambda r: host[r].copy_(rows[used[r]][start:end]), range(len(used))))
             with torch.cuda.stream(self._copy_stream):
                 self._copy_stream.wait_event(summed[slot])  # the device buffer's last chunk was summed
                 self._staged[slot][: len(used), : end - start].copy_(host, non_blocking=True)

@@ -55,13 +55,14 @@ def shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
 
 def build_pool(root: Path, count: int) -> Path:
     """`count` checkpoints of one random base plus a small perturbation each, bfloat16, as HF folders."""
-    config = LlamaConfig(**CONFIG, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    config = LlamaConfig(**CONFIG, bos_token_id=1, eos_token_id=1, pad_token_id=0, architectures=["LlamaForCausalLM"])
     tokenizer = build_char_tokenizer(ALPHABET)
     refs = []
     for index in range(count):
         folder = root / f"c{index}"
         refs.append({"name": f"c{index}", "path": str(folder)})
         if (folder / "model.safetensors").is_file():
+            config.save_pretrained(folder)
             continue
         folder.mkdir(parents=True, exist_ok=True)
         base, own = torch.Generator().manual_seed(0), torch.Generator().manual_seed(index + 1)
@@ -105,8 +106,7 @@ def bench_streaming(spec_path: Path, repeats: int) -> dict:
     uniform = LinearRecipe({n: 1.0 / len(pool.names) for n in pool.names})
     ours = best_of(lambda: merger.apply(uniform), repeats)
     return {"checkpoints": len(pool.members), "pool_GB": pool_bytes / 1e9, "floor_s": floor, "floor_GBps": pool_bytes / floor / 1e9,
-            "streamed_s": ours, "streamed_GBps": pool_bytes / ours / 1e9, "streamed_of_floor": floor / ours,
-            "worker_uss_GB": psutil.Process().memory_full_info().uss / 1e9}
+            "streamed_s": ours, "streamed_GBps": pool_bytes / ours / 1e9, "streamed_of_floor": floor / ours}
 
 
 def bench_mergekit(spec_path: Path, repeats: int) -> dict:
