@@ -17,7 +17,7 @@ import torch
 from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
 from recycler.recipes import MergeRecipe, RowsRecipe, WeightedRecipe
-from recycler.residency import ResidentRows, Rows, StreamedRows, WeightedSum
+from recycler.residency import EAGER_SCRATCH_BYTES, ResidentRows, Rows, StreamedRows, WeightedSum
 
 # Of the memory a device or machine has free, the share `auto` budgets for merging: the rest is
 # for evaluation (activations, the KV cache) and everything else a worker runs.
@@ -45,7 +45,7 @@ class MemoryNeeds:
     @classmethod
     def of(cls, pool: Pool, device: torch.device) -> MemoryNeeds:
         rows = len(pool.members)
-        scratch = Rows.scratch_bytes(rows, device) + StreamedRows.staging_bytes(rows, pool.dtype, device)
+        scratch = EAGER_SCRATCH_BYTES + StreamedRows.staging_bytes(rows, pool.dtype, device)
         if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over
             scratch += 2 * rows * pool.largest_tensor * 4
         return cls(model=pool.model_bytes, scratch=scratch, stacks=rows * pool.model_bytes)

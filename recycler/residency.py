@@ -31,6 +31,7 @@ RowSource = Callable[[str], list[torch.Tensor]]
 COMPILE_MIN_ELEMENTS = 1 << 20
 EAGER_CHUNK = 1 << 16
 STREAM_CHUNK = 1 << 24  # elements per row moved to a GPU at a time
+EAGER_SCRATCH_BYTES = 2 * EAGER_CHUNK * 4  # the eager sum's float32 accumulator and product
 
 
 def _weighted_sum(out: torch.Tensor, coefficients: torch.Tensor, rows: list[torch.Tensor]) -> None:
@@ -83,11 +84,6 @@ class Rows(ABC):
         self.dtype = dtype
         self.device = device
         self._cosines: dict[tuple[str, int, int], float] = {}
-
-    @staticmethod
-    def scratch_bytes(row_count: int, device: torch.device) -> int:
-        """Working memory of the eager weighted sum: a float32 accumulator and product per chunk."""
-        return 2 * EAGER_CHUNK * 4
 
     @abstractmethod
     def rows(self, name: str) -> list[torch.Tensor]:
