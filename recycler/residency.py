@@ -25,9 +25,10 @@ import torch
 # A tensor's rows as CPU tensors, read lazily (memory-mapped views of the pool's files).
 RowSource = Callable[[str], list[torch.Tensor]]
 
-# Tensors this large are summed by one compiled kernel (torch.compile fuses the conversion to
-# float32, the products and the sum into a single pass over the rows: the read floor); smaller
-# ones, and every tensor if compilation is unavailable, by the same arithmetic in eager chunks.
+# Tensors this large, and every tensor on a GPU, are summed by one compiled kernel (torch.compile
+# fuses the conversion to float32, the products and the sum into a single pass over the rows: the
+# read floor); smaller ones on a CPU, where compiling costs more than it saves, and every tensor if
+# compilation is unavailable, by the same arithmetic in eager chunks.
 COMPILE_MIN_ELEMENTS = 1 << 20
 EAGER_CHUNK = 1 << 16
 STREAM_CHUNK = 1 << 24  # elements per row moved to a GPU at a time
@@ -52,7 +53,7 @@ def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Seque
     float32 tensor there too, so new values do not recompile the kernel."""
     global _compiled_sum, _compile_failed
     rows = list(rows)
-    if out.numel() >= COMPILE_MIN_ELEMENTS and not _compile_failed:
+    if (out.numel() >= COMPILE_MIN_ELEMENTS or out.is_cuda) and not _compile_failed:
         try:
             if _compiled_sum is None:
                 _compiled_sum = torch.compile(_weighted_sum, dynamic=True)
@@ -64,6 +65,10 @@ def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Seque
     for start in range(0, out.numel(), EAGER_CHUNK):
         end = min(start + EAGER_CHUNK, out.numel())
         _weighted_sum(out[start:end], coefficients, [row[start:end] for row in rows])
+
+
+# Coefficients already moved to the device in one call, by value: the rows they use and the vector.
+_Seen = dict[tuple[float, ...], tuple[list[int], torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -89,18 +94,22 @@ class Rows(ABC):
     def rows(self, name: str) -> list[torch.Tensor]:
         """Every row of tensor `name`, flat, in the pool's dtype: views, not copies."""
 
-    def _rows_to_read(self, s: WeightedSum) -> tuple[list[int], torch.Tensor]:
-        """The rows with a non-zero coefficient and those coefficients on the device; a sum with
-        none is written as zeros here."""
-        used = [i for i, c in enumerate(s.coefficients) if c != 0.0]
-        if not used:
+    def _rows_to_read(self, s: WeightedSum, seen: _Seen) -> tuple[list[int], torch.Tensor]:
+        """The rows with a non-zero coefficient and those coefficients on the device (made once per
+        distinct coefficients in `seen`); a sum with none is written as zeros here."""
+        key = tuple(s.coefficients)
+        if key not in seen:
+            used = [i for i, c in enumerate(key) if c != 0.0]
+            seen[key] = used, torch.tensor([key[i] for i in used], dtype=torch.float32, device=self.device)
+        if not seen[key][0]:
             s.out.zero_()
-        return used, torch.tensor([s.coefficients[i] for i in used], dtype=torch.float32, device=self.device)
+        return seen[key]
 
     def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
         """Write each sum into its `out`. Rows with a zero coefficient are not read."""
+        seen: _Seen = {}
         for s in sums:
-            used, vector = self._rows_to_read(s)
+            used, vector = self._rows_to_read(s, seen)
             if used:
                 rows = self.rows(s.name)
                 weighted_sum_into(s.out.view(-1), vector, [rows[i] for i in used])
@@ -160,6 +169,7 @@ class StreamedRows(Rows):
                  device: torch.device) -> None:
         super().__init__(shapes, row_count, dtype, device)
         self.source = source
+        self._views: dict[str, list[torch.Tensor]] = {}
         if device.type == "cuda":
             chunk = min(STREAM_CHUNK, max(s.numel() for s in shapes.values()))
             self._pinned = [torch.empty((row_count, chunk), dtype=dtype, pin_memory=True) for _ in range(2)]
@@ -174,16 +184,19 @@ class StreamedRows(Rows):
         return 2 * row_count * STREAM_CHUNK * dtype.itemsize if device.type == "cuda" else 0
 
     def rows(self, name: str) -> list[torch.Tensor]:
-        return [row.reshape(-1) for row in self.source(name)]
+        """Views of the mapped files, kept: they cost page-table entries, not memory."""
+        if name not in self._views:
+            self._views[name] = [row.reshape(-1) for row in self.source(name)]
+        return self._views[name]
 
     def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
         if self.device.type != "cuda":
             super().weighted_sums(sums)  # the page cache is the CPU's resident copy
             return
         pieces = []
-        chunk = self._pinned[0].shape[1]
+        chunk, seen = self._pinned[0].shape[1], {}
         for s in sums:
-            used, vector = self._rows_to_read(s)
+            used, vector = self._rows_to_read(s, seen)
             if used:
                 numel = s.out.numel()
                 pieces += [(s, used, vector, start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
