@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from recycler.errors import RecyclerError
-from recycler.merge import Merger
 from recycler.files import sha256_file
+from recycler.merge import Merger
 from recycler.pool import INDEX_FILE, Pool
 from recycler.recipes import MergeRecipe, recipe_from_json
 

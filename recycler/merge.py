@@ -17,7 +17,13 @@ import torch
 from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
 from recycler.recipes import MergeRecipe, RowsRecipe, WeightedRecipe
-from recycler.residency import EAGER_SCRATCH_BYTES, ResidentRows, Rows, StreamedRows, WeightedSum
+from recycler.residency import (
+    EAGER_SCRATCH_BYTES,
+    ResidentRows,
+    Rows,
+    StreamedRows,
+    WeightedSum,
+)
 
 # Of the memory a device or machine has free, the share `auto` budgets for merging: the rest is
 # for evaluation (activations, the KV cache) and everything else a worker runs.

@@ -10,8 +10,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from recycler.front import front_records, front_table, hypervolume_history
 from recycler.files import write_text_atomic
+from recycler.front import front_records, front_table, hypervolume_history
 from recycler.study import load_study
 
 _STYLE = {

@@ -23,12 +23,12 @@ import optuna
 import torch
 
 from recycler.baselines import baseline_recipes, reference_labels
+from recycler.files import write_text_atomic
 from recycler.front import hypervolume
 from recycler.recipes import LinearRecipe
 from recycler.search import make_sampler
 from recycler.space import load_space
 from recycler.spec import load_spec
-from recycler.files import write_text_atomic
 from recycler.suite import load_suite
 from recycler.workers import MergeWorker
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from recycler.files import write_text_atomic
 from recycler.front import dominates, front_records, hypervolume, reference_point
 from recycler.search import run_search
 from recycler.spec import load_spec
-from recycler.files import write_text_atomic
 from recycler.study import load_study
 
 

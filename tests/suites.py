@@ -78,8 +78,8 @@ def write_suite(folder: Path, **overrides) -> Path:
 
 def write_search_spec(root: Path, trials: int = 8, workers: int = 2, space: str = "simplex", **search):
     """A tiny three-checkpoint pool with the arith suite, set up for a short random search."""
-    from recycler.spec import load_spec
     from recycler.demo.tiny import write_pool
+    from recycler.spec import load_spec
 
     spec_path = write_pool(root, 3)
     write_suite(root / "suite")

@@ -10,11 +10,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from recycler.cli import main
+from recycler.demo.tiny import write_pool
 from recycler.search import run_search
 from recycler.spec import load_spec
 from tests.suites import write_suite
 from tests.test_pool import BAD_POOLS
-from recycler.demo.tiny import write_pool
 
 
 @pytest.fixture(scope="module")

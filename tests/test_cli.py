@@ -7,10 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from tests.test_pool import BAD_POOLS
 from recycler.demo.tiny import write_pool
+from recycler.errors import format_bytes
+from recycler.merge import MemoryNeeds
+from recycler.pool import load_pool
+from recycler.spec import load_spec
+from tests.test_pool import BAD_POOLS
 
 
 def recycler(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -27,6 +32,10 @@ def test_validate_and_merge(tmp_path):
     result = recycler("validate", str(spec), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 checkpoints" in result.stdout and "fingerprint:" in result.stdout
+    pool = load_pool(load_spec(spec))
+    needs = MemoryNeeds.of(pool, torch.device("cpu"))
+    assert f"a cpu worker needs {format_bytes(needs.streamed)} with the pool streamed" in result.stdout
+    assert needs.resident == needs.streamed + 3 * pool.model_bytes
 
     result = recycler("merge", str(spec), "--weight", "c0=0.5", "--weight", "c2=0.5", "--out", "merged", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -12,9 +12,9 @@ import psutil
 import yaml
 from optuna.trial import TrialState
 
+from recycler.demo.tiny import write_pool
 from recycler.study import load_study
 from tests.suites import write_suite
-from recycler.demo.tiny import write_pool
 
 KILLS = 10
 TRIALS = 120

@@ -1,6 +1,7 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from recycler.demo.tiny import write_checkpoint, write_pool
 from recycler.evaluate import Scorer
 from recycler.merge import Merger
 from recycler.pool import load_pool
@@ -8,7 +9,6 @@ from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.suite import load_suite
 from tests.suites import write_suite, write_tasks
-from recycler.demo.tiny import write_checkpoint, write_pool
 
 
 def load(folder):

@@ -7,13 +7,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from recycler.demo.tiny import write_pool
 from recycler.errors import RecyclerError
 from recycler.export import export_merge
 from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
-from recycler.demo.tiny import write_pool
 
 
 def read_folder(folder: Path) -> dict[str, torch.Tensor]:

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
+from recycler.demo.tiny import write_pool
 from recycler.errors import RecyclerError
 from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
-from recycler.demo.tiny import write_pool
 
 
 def merger_for(tmp_path, **kwargs) -> Merger:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from recycler.demo.tiny import write_pool
 from recycler.errors import RecyclerError
 from recycler.export import export_merge
 from recycler.merge import Merger
@@ -24,7 +25,6 @@ from recycler.recipes import (
 )
 from recycler.spec import load_spec
 from tests.test_export import read_folder, run_mergekit
-from recycler.demo.tiny import write_pool
 
 WEIGHTS = {"c0": 0.9, "c1": 0.6, "c2": 0.3}
 

@@ -7,10 +7,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from recycler.demo.tiny import write_checkpoint, write_pool
 from recycler.errors import RecyclerError
 from recycler.pool import load_pool
 from recycler.spec import load_spec
-from recycler.demo.tiny import write_checkpoint, write_pool
 
 
 def pool_from(path: Path):

@@ -11,7 +11,12 @@ import yaml
 from recycler.demo.tiny import write_pool
 from recycler.merge import MemoryNeeds, Merger
 from recycler.pool import load_pool
-from recycler.recipes import LayerwiseRecipe, LinearRecipe, SlerpRecipe, TaskVectorRecipe
+from recycler.recipes import (
+    LayerwiseRecipe,
+    LinearRecipe,
+    SlerpRecipe,
+    TaskVectorRecipe,
+)
 from recycler.residency import COMPILE_MIN_ELEMENTS, ResidentRows, StreamedRows
 from recycler.spec import load_spec
 from tests.suites import write_suite

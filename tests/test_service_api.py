@@ -8,10 +8,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from recycler.cli import _print_front
+from recycler.demo.tiny import write_pool
 from recycler.service import ServiceConfig, create_app
 from recycler.service.store import Store
 from tests.suites import write_suite
-from recycler.demo.tiny import write_pool
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

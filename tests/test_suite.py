@@ -1,11 +1,11 @@
 import pytest
 import yaml
 
+from recycler.demo.tiny import write_pool
 from recycler.errors import RecyclerError
 from recycler.spec import load_spec
 from recycler.suite import load_suite
 from tests.suites import write_suite
-from recycler.demo.tiny import write_pool
 
 
 def test_held_in_and_held_out_are_kept_apart(tmp_path):
