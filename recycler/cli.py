@@ -75,24 +75,28 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print(f"study: {folder}")
 
 
-def _print_front(folder: Path, fmt: str, include_all: bool = False) -> None:
+def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: list[str] = (), preference: str | None = None,
+                 limit: int | None = None, wide: bool = False) -> None:
     import json
 
     from recycler.front import front_records, front_table
+    from recycler.selection import narrow
     from recycler.study import load_study
 
     study, info = load_study(folder)
-    records = front_records(study, info, include_all=include_all)
+    records = narrow(front_records(study, info, include_all=include_all), info, where=where, preference=preference,
+                     limit=limit, front_only=not include_all)
     if fmt == "json":
         print(json.dumps({"study": info.name, "objectives": info.objectives, "held_out": info.held_out, "trials": records}, indent=2))
     elif fmt == "csv":
-        print(front_table(records, info).to_csv(index=False), end="")
+        print(front_table(records, info, wide=True).to_csv(index=False), end="")
     else:
-        print(front_table(records, info).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(front_table(records, info, wide=wide).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _cmd_front(args: argparse.Namespace) -> None:
-    _print_front(Path(args.study), args.format, args.all)
+    _print_front(Path(args.study), args.format, args.all, where=args.where, preference=args.rank, limit=args.limit,
+                 wide=args.wide)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -100,8 +104,25 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     check_export_target(Path(args.out).resolve(), args.force)
     which = args.trial if args.baseline is None else args.baseline
+    if args.pick is not None:
+        which = _picked_trial(Path(args.study), args.pick, args.where)
+    elif args.where:
+        raise RecyclerError("--where: only with --pick, which chooses among the front members that meet it")
     out = export_trial(Path(args.study), which, Path(args.out), max_shard_size=args.max_shard_size, overwrite=args.force)
     print(f"exported {'trial' if args.baseline is None else 'baseline'} {which} to {out}")
+
+
+def _picked_trial(folder: Path, preference: str, where: list[str]) -> int:
+    """The best front member by the preference among those meeting every constraint."""
+    from recycler.front import front_records
+    from recycler.selection import select
+    from recycler.study import load_study
+
+    study, info = load_study(folder)
+    chosen = select(front_records(study, info), info, where=where, preference=preference, limit=1)
+    if not chosen:
+        raise RecyclerError(f"{folder}: no front member meets {' and '.join(where)}")
+    return chosen[0]["trial"]
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -144,6 +165,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
 
 
+def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--where", action="append", default=[], metavar="TASK>=X",
+                        help="keep front members whose score meets this, e.g. 'reverse>=0.9' (repeat for several)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recycler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("study", help="study folder")
     front.add_argument("--format", choices=["table", "json", "csv"], default="table")
     front.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
+    _selection_arguments(front)
+    front.add_argument("--rank", metavar="PREFERENCE", help="order the front: 'balanced' (best worst objective) or OBJECTIVE=WEIGHT,...")
+    front.add_argument("--limit", type=int, metavar="N", help="at most N front members")
+    front.add_argument("--wide", action="store_true", help="every checkpoint's weight and the method's settings, not the top three weights")
     front.set_defaults(handler=_cmd_front)
 
     export = commands.add_parser("export", help="export one trial (or baseline) of a study as an HF checkpoint")
@@ -181,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int)
     which.add_argument("--baseline", help="a baseline scored beside the search, by name (e.g. ties)")
+    which.add_argument("--pick", metavar="PREFERENCE", help="the best front member: 'balanced' or OBJECTIVE=WEIGHT,... (with --where)")
+    _selection_arguments(export)
     export.add_argument("--out", required=True)
     export.add_argument("--max-shard-size", default="2GB")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from recycler.baselines import reference_labels
 from recycler.recipes import LinearRecipe, recipe_from_json
+from recycler.selection import rank
 from recycler.study import StudyInfo
 
 # Study user attribute holding a baseline scored beside the trials, by label.
@@ -118,27 +119,33 @@ def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = F
     return records
 
 
-def front_table(records: list[dict[str, Any]], info: StudyInfo) -> pd.DataFrame:
-    """A flat table: trial, kind, method, front membership (or 'beaten' for a baseline a front member
-    dominates), one column per weight, the method's settings, one column per task."""
+TOP_WEIGHTS = 3  # checkpoints named per row in the compact table
+
+
+def _top_weights(weights: dict[str, float]) -> str:
+    largest = sorted(weights.items(), key=lambda item: -abs(item[1]))[:TOP_WEIGHTS]
+    return " ".join(f"{name} {value:.2f}" for name, value in largest if value != 0.0)
+
+
+def front_table(records: list[dict[str, Any]], info: StudyInfo, *, wide: bool = False) -> pd.DataFrame:
+    """One row per record: trial, kind, method, front membership (or 'beaten' for a baseline a front
+    member dominates), one column per task (held-out ones marked 'ho:'), and the weights: the
+    largest three in one column, or (wide) one column per checkpoint and the method's settings."""
     rows = []
     for r in records:
         row = {"trial": "-" if r["trial"] is None else r["trial"], "kind": r["baseline_name"] or "merge", "method": r["method"],
                "front": "*" if r["on_front"] else ("beaten" if r.get("beaten_by_front") else "")}
-        row.update({f"w:{name}": r["weights"].get(name, 0.0) for name in info.checkpoints})
-        row["settings"] = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
+        if wide:
+            row.update({f"w:{name}": r["weights"].get(name, 0.0) for name in info.checkpoints})
+            row["settings"] = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
         row.update({task: r["scores"].get(task) for task in info.objectives})
-        row.update({f"{task} (held-out)": r["scores"].get(task) for task in info.held_out})
+        row.update({f"ho:{task}" if not wide else f"{task} (held-out)": r["scores"].get(task) for task in info.held_out})
+        if not wide:
+            row["top weights"] = _top_weights(r["weights"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def most_balanced(records: list[dict[str, Any]], info: StudyInfo) -> dict[str, Any]:
-    """The front member whose worst held-in objective (rank-normalized over the front) is best."""
-    members = [r for r in records if r["on_front"]] or records
-    values = np.array([[r["scores"][o] for o in info.objectives] for r in members], dtype=float)
-    signs = np.array([1.0 if d == "maximize" else -1.0 for d in info.directions])
-    oriented = values * signs
-    low, high = oriented.min(axis=0), oriented.max(axis=0)
-    scaled = (oriented - low) / np.where(high > low, high - low, 1.0)
-    return members[int(scaled.min(axis=1).argmax())]
+    """The front member whose worst held-in objective (min-max normalized over the front) is best."""
+    return rank([r for r in records if r["on_front"]] or records, info, None)[0]

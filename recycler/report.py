@@ -78,7 +78,7 @@ def render_report(study_dir: Path) -> str:
     study, info = load_study(study_dir)
     records = front_records(study, info, include_all=True)
     shown = [r for r in records if r["on_front"] or r["baseline"]]
-    table = front_table(shown, info).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="front")
+    table = front_table(shown, info, wide=True).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="front")
     parts = [
         front_figure(records, info.objectives).to_html(full_html=False, include_plotlyjs=True, div_id="front-plot"),
         hypervolume_figure(hypervolume_history(study, info)).to_html(full_html=False, include_plotlyjs=False, div_id="hv-plot"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,10 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
         sampler=make_sampler(spec.search.sampler, spec.search.seed + finished),
         load_if_exists=True,
     )
+    if study.metric_names is None:  # tools such as optuna-dashboard label the objectives by them
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(info.objectives)
     if not study.trials:
         for label, recipe in baseline_recipes(pool.names, pool.base is not None).items():
             params = space.params_for(recipe)

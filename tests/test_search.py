@@ -81,6 +81,28 @@ def test_front_json_from_the_command(tmp_path, local_ray):
     entry = front["trials"][0]
     assert set(entry) >= {"trial", "weights", "scores", "baseline"}
     assert set(entry["weights"]) == {"c0", "c1", "c2"} and set(entry["scores"]) == {"sums", "pick", "carry"}
+    assert study.metric_names == ["sums", "pick"]
+
+    # Narrowed: members meeting a constraint, ranked by a preference, limited; baselines still listed.
+    members = [e for e in front["trials"] if e["on_front"]]
+    bar = sorted(e["scores"]["pick"] for e in members)[len(members) // 2]
+    narrowed = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder), "--format", "json",
+                               "--where", f"pick>={bar}", "--rank", "sums=1", "--limit", "2"],
+                              capture_output=True, text=True, timeout=120)
+    assert narrowed.returncode == 0, narrowed.stderr
+    kept = [e for e in json.loads(narrowed.stdout)["trials"] if e["on_front"]]
+    eligible = sorted((e for e in members if e["scores"]["pick"] >= bar), key=lambda e: -e["scores"]["sums"])
+    assert [e["trial"] for e in kept] == [e["trial"] for e in eligible[:2]]
+    assert {e["baseline_name"] for e in json.loads(narrowed.stdout)["trials"] if e["baseline"]} >= {"c0", "c1", "c2", "uniform"}
+
+    table = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder)], capture_output=True, text=True, timeout=120)
+    header = table.stdout.splitlines()[0].split()
+    assert header[:4] == ["trial", "kind", "method", "front"] and "ho:carry" in header and "w:c0" not in header
+
+    picked = subprocess.run([sys.executable, "-m", "recycler.cli", "export", str(folder), "--pick", "sums=1",
+                             "--where", f"pick>={bar}", "--out", str(tmp_path / "picked")], capture_output=True, text=True, timeout=300)
+    assert picked.returncode == 0, picked.stderr
+    assert json.loads((tmp_path / "picked" / "recycler.json").read_text())["scores"] == eligible[0]["scores"]
 
 
 def test_report_and_export_of_a_trial(tmp_path, local_ray):

@@ -66,6 +66,11 @@ def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, caps
         assert front == json.loads(capsys.readouterr().out)
         trials = client.get(f"/api/studies/{first['id']}/trials", headers=AUTH).json()
         assert len([t for t in trials["trials"] if t["trial"] is not None]) == 6 and front["trials"] == [t for t in trials["trials"] if t["on_front"] or t["baseline"]]
+        narrowed = client.get(f"/api/studies/{first['id']}/front", params={"rank": "balanced", "limit": 1}, headers=AUTH).json()
+        _print_front(tmp_path / "data" / "studies" / first["id"], "json", preference="balanced", limit=1)
+        assert narrowed == json.loads(capsys.readouterr().out) and sum(t["on_front"] for t in narrowed["trials"]) == 1
+        bad = client.get(f"/api/studies/{first['id']}/front", params={"where": "poetry>=1"}, headers=AUTH)
+        assert bad.status_code == 422 and "unknown task 'poetry'" in bad.json()["detail"]
         history = client.get(f"/api/studies/{first['id']}/hypervolume", headers=AUTH).json()
         assert [h["trial"] for h in history] == list(range(6))
 

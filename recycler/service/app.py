@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -125,9 +125,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return _summary(store, study_row(study_id))
 
     @api.get("/studies/{study_id}/front", response_model=FrontDocument)
-    def get_front(study_id: str) -> dict[str, Any]:
-        """The Pareto front and the baselines: `recycler front --format json`."""
-        return _front_document(started(study_row(study_id)), include_all=False)
+    def get_front(study_id: str, where: list[str] = Query(default=[]), rank: str | None = None,
+                  limit: int | None = None) -> dict[str, Any]:
+        """The Pareto front and the baselines: `recycler front --format json`, narrowed as
+        `--where` (repeatable), `--rank` and `--limit` narrow it."""
+        return _front_document(started(study_row(study_id)), include_all=False, where=where, preference=rank, limit=limit)
 
     @api.get("/studies/{study_id}/trials", response_model=FrontDocument)
     def get_trials(study_id: str) -> dict[str, Any]:
@@ -203,12 +205,13 @@ def _summary(store: Store, row: StudyRow) -> StudySummary:
                         error=row.error, created=row.created, updated=row.updated)
 
 
-def _front_document(folder: Path, include_all: bool) -> dict[str, Any]:
+def _front_document(folder: Path, include_all: bool, **narrowing: Any) -> dict[str, Any]:
     from recycler.front import front_records
+    from recycler.selection import narrow
     from recycler.study import load_study
 
     study, info = load_study(folder)
-    records = front_records(study, info, include_all=include_all)
+    records = narrow(front_records(study, info, include_all=include_all), info, **narrowing)
     return {"study": info.name, "objectives": info.objectives, "held_out": info.held_out, "trials": records}
 
 
