@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """Text with its whitespace runs squeezed to single spaces, cut to `limit` characters."""
+    return " ".join(str(text).split())[:limit]
+
+
 class RecyclerError(Exception):
     """Bad input: the message names the input and the problem, on one line."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
 
 
 def format_bytes(count: float) -> str:

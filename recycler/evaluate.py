@@ -8,7 +8,6 @@ filters and aggregation), which keeps lm-eval's scoring semantics exactly.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,12 +42,6 @@ class SuiteScores:
     forward_seconds: float
     total_seconds: float
 
-    @property
-    def other_seconds(self) -> float:
-        return self.total_seconds - self.forward_seconds
-
-    def finite(self) -> bool:
-        return all(math.isfinite(v) for v in self.scores.values())
 
 
 class _ForwardTimer:

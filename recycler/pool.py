@@ -71,9 +71,6 @@ class Checkpoint:
             self._handles[file] = safe_open(str(file), framework="pt")
         return self._handles[file].get_tensor(name)
 
-    def close(self) -> None:
-        self._handles.clear()
-
 
 def _read_header(name: str, file: Path) -> dict[str, TensorInfo]:
     try:

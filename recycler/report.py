@@ -66,6 +66,23 @@ def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
     return figure
 
 
+def tradeoff_figure(records: list[dict], objectives: list[str], held_out: list[str]) -> go.Figure:
+    """Parallel coordinates, one line per front member and baseline, an axis per task (held-in, then
+    held-out): how a many-objective front trades its tasks off. Baselines are drawn in teal, front
+    members in red; drag along an axis to keep the lines within a range."""
+    shown = [r for r in records if r["on_front"] or r["baseline"]]
+    axes = [{"label": task, "values": [r["scores"][task] for r in shown]} for task in objectives]
+    axes += [{"label": f"{task} (held-out)", "values": [r["scores"][task] for r in shown]} for task in held_out]
+    colors = [0.0 if r["baseline"] else 1.0 for r in shown]
+    figure = go.Figure(go.Parcoords(
+        dimensions=axes,
+        line={"color": colors, "colorscale": [[0, _STYLE["baseline"]["color"]], [1, _STYLE["front"]["color"]]], "cmin": 0, "cmax": 1},
+    ))
+    figure.update_layout(title="Trade-offs of the front (red) and the baselines (teal), task by task", height=460,
+                         template="plotly_white")
+    return figure
+
+
 def hypervolume_figure(history: list[tuple[int, float]]) -> go.Figure:
     figure = make_subplots()
     figure.add_trace(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers", name="hypervolume"))
@@ -81,6 +98,8 @@ def render_report(study_dir: Path) -> str:
     table = front_table(shown, info, wide=True).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="front")
     parts = [
         front_figure(records, info.objectives).to_html(full_html=False, include_plotlyjs=True, div_id="front-plot"),
+        tradeoff_figure(records, info.objectives, info.held_out).to_html(full_html=False, include_plotlyjs=False,
+                                                                         div_id="tradeoff-plot"),
         hypervolume_figure(hypervolume_history(study, info)).to_html(full_html=False, include_plotlyjs=False, div_id="hv-plot"),
     ]
     return f"""<!doctype html>
@@ -92,6 +111,7 @@ table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text
 {", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.</p>
 {parts[0]}
 {parts[1]}
+{parts[2]}
 <h2>Front members and baselines</h2>
 <p>Weights per checkpoint (<code>w:</code>), held-in scores, and held-out scores (never optimized). <code>*</code> marks the front.</p>
 {table}

@@ -23,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 from recycler.baselines import baseline_recipes
-from recycler.errors import RecyclerError, format_bytes
+from recycler.errors import RecyclerError, format_bytes, one_line
 from recycler.front import BASELINE_ATTR, hypervolume, reference_point
 from recycler.merge import MemoryNeeds, keep_resident
 from recycler.pool import Pool, load_pool
@@ -170,8 +170,8 @@ def _describe(error: Exception) -> str:
 
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = error.cause
-        return f"{type(cause).__name__}: {' '.join(str(cause).split())[:400]}"
-    return f"worker died: {' '.join(str(error).split())[:400]}"
+        return f"{type(cause).__name__}: {one_line(cause, 400)}"
+    return f"worker died: {one_line(error, 400)}"
 
 
 @dataclass
@@ -219,6 +219,16 @@ def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, res
     return True
 
 
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address` (a local one when None) unless this process already has;
+    without the dashboard, which costs about 1 GB, and with Ray's logs kept off the user's terminal."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None, progress: bool = False) -> list[Any]:
     """Start worker actors and wait until each holds its pool and model; a worker that dies while
     starting ends the search with one line saying why and what it needed."""
@@ -227,9 +237,7 @@ def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None
 
     from recycler.workers import MergeWorker
 
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    connect_ray(address)
     workers = spec.resources.workers
     gpus = spec.resources.gpus_per_worker
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)

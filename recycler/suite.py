@@ -22,7 +22,7 @@ from pydantic import (
 
 import recycler.eval_suites
 from recycler.config import Name, StrictModel, first_error, resolve_path
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, one_line
 
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
 
@@ -92,7 +92,7 @@ def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
         try:
             config = load_yaml(path)
         except (yaml.YAMLError, ValueError, OSError) as error:
-            raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({' '.join(str(error).split())[:200]})") from None
+            raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({one_line(error, 200)})") from None
         if not isinstance(config.get("task"), str):
             continue
         kwargs = config.get("dataset_kwargs") or {}
@@ -162,7 +162,7 @@ class Suite:
             try:
                 lm_task = manager.load(specs[task.task])["tasks"][task.task]
             except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
-                detail = " ".join(str(error).split())[:200] or type(error).__name__
+                detail = one_line(error, 200) or type(error).__name__
                 raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
             metric = task.metric.split(",")[0]
             if metric not in lm_task.aggregation():

@@ -114,6 +114,7 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray):
     run_search(spec, folder, progress=False)
     page = write_report(folder).read_text()
     assert 'id="front-plot"' in page and 'id="hv-plot"' in page and "<script src=" not in page
+    assert 'id="tradeoff-plot"' in page and '"type":"parcoords"' in page
     assert "Pareto front" in page and "baselines" in page and "carry (held-out)" in page
 
     study, info = load_study(folder)

@@ -4,12 +4,11 @@ exports are written one at a time beside them. Every state change goes to the st
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, one_line
 from recycler.service.store import Store
 from recycler.spec import PoolSpec
 
@@ -56,11 +55,9 @@ class Runner:
                 self._wake[kind].clear()
 
     def _init_ray(self) -> None:
-        import ray
+        from recycler.search import connect_ray
 
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        connect_ray(self.address)
 
     def _run_next_study(self) -> bool:
         from recycler.search import finished_trials, run_search
@@ -77,7 +74,7 @@ class Runner:
             return True
         except Exception as error:  # a study's failure must not end the runner
             log.exception("study %s failed", row.id)
-            self.store.finish_study(row.id, "failed", f"{type(error).__name__}: {' '.join(str(error).split())[:400]}")
+            self.store.finish_study(row.id, "failed", f"{type(error).__name__}: {one_line(error, 400)}")
             return True
         if self.store.cancel_requested(row.id):
             self.store.finish_study(row.id, "cancelled")
@@ -97,7 +94,7 @@ class Runner:
             export_trial(self.store.study_folder(row.study_id), row.trial, Path(row.out))
         except Exception as error:  # noqa: BLE001 - any failure is the export's, reported on it
             message = str(error) if isinstance(error, RecyclerError) else f"{type(error).__name__}: {error}"
-            self.store.finish_export(row.id, "failed", " ".join(message.split())[:400])
+            self.store.finish_export(row.id, "failed", one_line(message, 400))
             return True
         self.store.finish_export(row.id, "done")
         return True
