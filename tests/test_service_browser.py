@@ -72,6 +72,10 @@ def test_page_plots_the_api_front(server, tmp_path):
             }
             assert {k: v for k, v in plotted.items() if k != "dominated merges"} == expected
             assert sum(map(len, plotted.values())) == len(trials["trials"])
+            axes = page.evaluate("""() => document.getElementById('tradeoff-plot').data[0].dimensions.map(
+                d => [d.label, d.values.length])""")
+            tasks = front["objectives"] + [f"{t} (held-out)" for t in front["held_out"]]
+            assert axes == [[task, len(front["trials"])] for task in tasks]  # one line per front member and baseline
 
             member = next(r for r in front["trials"] if r["on_front"])
             x, y = page.evaluate("""([x, y]) => { const gd = document.getElementById('front-plot'), l = gd._fullLayout;

@@ -147,13 +147,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @api.get("/studies/{study_id}/plots", response_model=Plots)
     def get_plots(study_id: str) -> Plots:
         from recycler.front import front_records, hypervolume_history
-        from recycler.report import front_figure, hypervolume_figure
+        from recycler.report import front_figure, hypervolume_figure, tradeoff_figure
         from recycler.study import load_study
 
         study, info = load_study(started(study_row(study_id)))
-        front = front_figure(front_records(study, info, include_all=True), info.objectives)
+        records = front_records(study, info, include_all=True)
+        front = front_figure(records, info.objectives)
+        tradeoffs = tradeoff_figure(records, info.objectives, info.held_out)
         history = hypervolume_figure(hypervolume_history(study, info))
-        return Plots(front=json.loads(front.to_json()), hypervolume=json.loads(history.to_json()))
+        return Plots(front=json.loads(front.to_json()), tradeoffs=json.loads(tradeoffs.to_json()),
+                     hypervolume=json.loads(history.to_json()))
 
     @api.post("/studies/{study_id}/exports", status_code=202, response_model=ExportStatus)
     def start_export(study_id: str, body: ExportRequest) -> ExportStatus:

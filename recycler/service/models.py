@@ -63,9 +63,11 @@ class HypervolumePoint(BaseModel):
 
 
 class Plots(BaseModel):
-    """Plotly figures (data and layout) for the page: the front and hypervolume by trial."""
+    """Plotly figures (data and layout) for the page: the front, its trade-offs task by task
+    (parallel coordinates), and hypervolume by trial."""
 
     front: dict[str, Any]
+    tradeoffs: dict[str, Any]
     hypervolume: dict[str, Any]
 
 

@@ -104,6 +104,7 @@ async function refresh() {
       const plot = document.getElementById('front-plot'); const first = !plot.data;
       await Plotly.react(plot, plots.front.data, plots.front.layout);
       if (first) plot.on('plotly_click', ev => showTrial(ev.points[0].customdata));
+      await Plotly.react('tradeoff-plot', plots.tradeoffs.data, plots.tradeoffs.layout);
       await Plotly.react('hv-plot', plots.hypervolume.data, plots.hypervolume.layout);
       frontTable(doc);
       document.body.dataset.finished = String(s.finished);
@@ -134,6 +135,7 @@ def index_html() -> str:
 def study_html(study_id: str) -> str:
     body = """<p><a href="/">all studies</a></p><h1 id="state">study</h1>
 <div class="grid"><div id="front-plot"></div><div id="detail" class="muted">Click a point to see its weights and scores and export it.</div></div>
+<div id="tradeoff-plot"></div>
 <div id="hv-plot"></div>
 <h2>Front and baselines: held-in beside held-out scores</h2><table id="front-table"></table>"""
     literal = json.dumps(study_id).replace("<", "\\u003c")
