@@ -64,3 +64,16 @@ def test_rescoring_after_an_in_place_merge_sees_the_new_weights(tmp_path):
     fresh = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer).score()
     assert other.scores == pytest.approx(fresh.scores, rel=1e-6)
     assert other.scores != first.scores
+
+
+
+def test_each_request_is_tokenized_once_per_scorer(tmp_path):
+    """The scorer overrides HFLM's private `_encode_pair` to remember tokenizations: if lm-eval
+    renames it or stops calling it, this fails instead of the scorer silently slowing down."""
+    model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
+    scorer = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer)
+    first = scorer.score()
+    remembered = dict(scorer.lm._pairs)
+    assert remembered, "HFLM no longer tokenizes loglikelihood requests through _encode_pair"
+    assert scorer.score().scores == first.scores
+    assert scorer.lm._pairs == remembered  # the second pass tokenized nothing new
