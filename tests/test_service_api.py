@@ -119,7 +119,7 @@ def test_cancel_a_running_and_a_queued_study(tmp_path, local_ray):
 
 
 def test_queue_and_studies_survive_a_restart(tmp_path, local_ray):
-    spec = pool_spec(tmp_path / "pool", trials=12)
+    spec = pool_spec(tmp_path / "pool", trials=30)  # long enough that stopping the server finds it mid-study
     with service(tmp_path, runner=False) as client:
         first = submit(client, tmp_path, spec)
         second = submit(client, tmp_path, {**spec, "search": {**spec["search"], "trials": 4}})
@@ -132,7 +132,7 @@ def test_queue_and_studies_survive_a_restart(tmp_path, local_ray):
     store.finish_study(first["id"], "running")
     with service(tmp_path) as client:
         done = wait_for(client, first["id"], lambda s: s["state"] == "done")
-        assert done["finished"] == 12
+        assert done["finished"] == 30
         assert wait_for(client, second["id"], lambda s: s["state"] == "done")["finished"] == 4
         trials = client.get(f"/api/studies/{first['id']}/trials", headers=AUTH).json()["trials"]
         assert sum(t["baseline"] and t["trial"] is not None for t in trials) == 4  # baselines scored once, not again after the restart
