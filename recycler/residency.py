@@ -36,9 +36,9 @@ EAGER_SCRATCH_BYTES = 2 * EAGER_CHUNK * 4  # the eager sum's float32 accumulator
 
 
 def _weighted_sum(out: torch.Tensor, coefficients: torch.Tensor, rows: list[torch.Tensor]) -> None:
-    accumulator = rows[0].float() * coefficients[0]
+    accumulator = rows[0].to(coefficients.dtype) * coefficients[0]
     for i in range(1, len(rows)):
-        accumulator = accumulator + rows[i].float() * coefficients[i]
+        accumulator = accumulator + rows[i].to(coefficients.dtype) * coefficients[i]
     out.copy_(accumulator)
 
 
@@ -47,10 +47,11 @@ _compile_failed = False
 
 
 def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Sequence[torch.Tensor]) -> None:
-    """out = Σ coefficients[i] · rows[i], accumulated in float32 and cast to out's dtype.
+    """out = Σ coefficients[i] · rows[i], accumulated in the coefficients' dtype (float32, float64 for
+    a float64 pool) and cast to out's dtype.
 
     `rows` are flat tensors of out's size on out's device (views, never copied); `coefficients` a
-    float32 tensor there too, so new values do not recompile the kernel."""
+    tensor there too, so new values do not recompile the kernel."""
     global _compiled_sum, _compile_failed
     rows = list(rows)
     if (out.numel() >= COMPILE_MIN_ELEMENTS or out.is_cuda) and not _compile_failed:
@@ -100,7 +101,8 @@ class Rows(ABC):
         key = tuple(s.coefficients)
         if key not in seen:
             used = [i for i, c in enumerate(key) if c != 0.0]
-            seen[key] = used, torch.tensor([key[i] for i in used], dtype=torch.float32, device=self.device)
+            wide = torch.float64 if self.dtype == torch.float64 else torch.float32
+            seen[key] = used, torch.tensor([key[i] for i in used], dtype=wide, device=self.device)
         if not seen[key][0]:
             s.out.zero_()
         return seen[key]

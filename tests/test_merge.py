@@ -20,7 +20,7 @@ def expected_tensor(pool, name, coefficients):
     return total
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_linear_merge_in_place(tmp_path, dtype):
     merger = merger_for(tmp_path, dtype=dtype)
     pointers = {n: p.data_ptr() for n, p in merger.model.named_parameters()}
@@ -33,7 +33,9 @@ def test_linear_merge_in_place(tmp_path, dtype):
         want = expected_tensor(merger.pool, name, [0.7, -0.2, 0.5])
         got = params[name].detach()
         assert got.dtype == dtype
-        if dtype == torch.float32:
+        if dtype == torch.float64:  # accumulated in float64, as the pool is stored
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        elif dtype == torch.float32:
             torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
         else:  # float32 accumulation, then one rounding to bfloat16: within one bfloat16 ulp
             torch.testing.assert_close(got.double(), want, rtol=2**-7, atol=1e-6)
