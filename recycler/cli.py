@@ -79,7 +79,7 @@ def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: li
                  limit: int | None = None, wide: bool = False) -> None:
     import json
 
-    from recycler.front import front_records, front_table
+    from recycler.front import front_document, front_records, front_table
     from recycler.selection import narrow
     from recycler.study import load_study
 
@@ -87,7 +87,7 @@ def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: li
     records = narrow(front_records(study, info, include_all=include_all), info, where=where, preference=preference,
                      limit=limit, front_only=not include_all)
     if fmt == "json":
-        print(json.dumps({"study": info.name, "objectives": info.objectives, "held_out": info.held_out, "trials": records}, indent=2))
+        print(json.dumps(front_document(info, records), indent=2))
     elif fmt == "csv":
         print(front_table(records, info, wide=True).to_csv(index=False), end="")
     else:
@@ -128,7 +128,9 @@ def _picked_trial(folder: Path, preference: str, where: list[str]) -> int:
 def _cmd_report(args: argparse.Namespace) -> None:
     from recycler.report import write_report
 
-    print(f"report: {write_report(Path(args.study), Path(args.out) if args.out else None)}")
+    out = write_report(Path(args.study), Path(args.out) if args.out else None, where=args.where, preference=args.rank,
+                       limit=args.limit)
+    print(f"report: {out}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -165,9 +167,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
 
 
-def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+def _selection_arguments(parser: argparse.ArgumentParser, *, ranking: bool = True) -> None:
+    """The front's narrowing options, the same for `front`, `report` and (--where alone) `export`."""
     parser.add_argument("--where", action="append", default=[], metavar="TASK>=X",
                         help="keep front members whose score meets this, e.g. 'reverse>=0.9' (repeat for several)")
+    if ranking:
+        parser.add_argument("--rank", metavar="PREFERENCE",
+                            help="order the front: 'balanced' (best worst objective) or OBJECTIVE=WEIGHT,...")
+        parser.add_argument("--limit", type=int, metavar="N", help="at most N front members")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,8 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--format", choices=["table", "json", "csv"], default="table")
     front.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
     _selection_arguments(front)
-    front.add_argument("--rank", metavar="PREFERENCE", help="order the front: 'balanced' (best worst objective) or OBJECTIVE=WEIGHT,...")
-    front.add_argument("--limit", type=int, metavar="N", help="at most N front members")
     front.add_argument("--wide", action="store_true", help="every checkpoint's weight and the method's settings, not the top three weights")
     front.set_defaults(handler=_cmd_front)
 
@@ -212,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int)
     which.add_argument("--baseline", help="a baseline scored beside the search, by name (e.g. ties)")
     which.add_argument("--pick", metavar="PREFERENCE", help="the best front member: 'balanced' or OBJECTIVE=WEIGHT,... (with --where)")
-    _selection_arguments(export)
+    _selection_arguments(export, ranking=False)
     export.add_argument("--out", required=True)
     export.add_argument("--max-shard-size", default="2GB")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write a study's self-contained HTML report")
     report.add_argument("study", help="study folder")
     report.add_argument("--out", help="HTML file (default STUDY/report.html)")
+    _selection_arguments(report)
     report.set_defaults(handler=_cmd_report)
 
     verify = commands.add_parser("verify", help="check an export's files against its manifest and re-score it")

@@ -129,26 +129,24 @@ def export_trial(
 ) -> Path:
     """Export a completed trial of a study (by number) or a baseline scored beside it (by name),
     with its scores in the model card."""
-    from optuna.trial import TrialState
-
-    from recycler.front import side_baselines, trial_recipe
     from recycler.pool import load_pool
+    from recycler.records import StoredTrial, side_baselines
     from recycler.study import load_study
 
     study, info = load_study(study_dir)
     if isinstance(which, str):
-        baselines = {label: b for label, b in side_baselines(study).items() if "scores" in b}
+        baselines = {label: b for label, b in side_baselines(study).items() if b.scores is not None}
         if which not in baselines:
             raise RecyclerError(f"{study_dir}: no baseline '{which}' scored beside the search (has: {', '.join(baselines) or 'none'})")
-        recipe_json, scores = baselines[which]["recipe"], baselines[which]["scores"]
+        recipe_json, scores = baselines[which].recipe, baselines[which].scores
     else:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         if which not in trials:
             raise RecyclerError(f"{study_dir}: trial {which} is not in the study (trials 0-{len(trials) - 1})")
-        trial = trials[which]
-        if trial.state != TrialState.COMPLETE:
+        trial = StoredTrial.of(trials[which])
+        if not trial.complete:
             raise RecyclerError(f"{study_dir}: trial {which} did not complete ({trial.state.name.lower()})")
-        recipe_json, scores = trial_recipe(trial), trial.user_attrs.get("scores")
+        recipe_json, scores = trial.recipe, trial.scores
     pool = load_pool(info.pool_spec)
     if pool.fingerprint() != info.fingerprint:
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")

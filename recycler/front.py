@@ -11,20 +11,13 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG implementation
-from optuna.trial import FrozenTrial, TrialState
 
 from recycler.baselines import reference_labels
-from recycler.recipes import LinearRecipe, recipe_from_json
+from recycler.library_seams import compute_hypervolume
+from recycler.recipes import recipe_from_json
+from recycler.records import FrontDocument, FrontEntry, side_baselines, stored_trials
 from recycler.selection import rank
 from recycler.study import StudyInfo
-
-# Study user attribute holding a baseline scored beside the trials, by label.
-BASELINE_ATTR = "baseline:{}"
-
-
-def is_baseline(trial: FrozenTrial) -> bool:
-    return "baseline" in trial.user_attrs
 
 
 def _losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
@@ -32,27 +25,13 @@ def _losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return values * signs
 
 
-def trial_recipe(trial: FrozenTrial) -> dict[str, Any]:
-    """The recipe a trial recorded; studies written before recipes were recorded hold linear weights."""
-    if "recipe" in trial.user_attrs:
-        return trial.user_attrs["recipe"]
-    return LinearRecipe(trial.user_attrs["weights"], relative=trial.user_attrs.get("relative", False)).to_json()
-
-
-def side_baselines(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """Baselines scored beside the trials, by label: recipe, and scores or error."""
-    prefix = BASELINE_ATTR.format("")
-    return {key[len(prefix):]: value for key, value in study.user_attrs.items() if key.startswith(prefix)}
-
-
 def reference_point(study: optuna.Study, info: StudyInfo) -> np.ndarray | None:
     """The worst value per objective (as a loss) of the checkpoints alone and their average:
     hypervolume then measures what the search gained over them, in the objectives' own units."""
     labels = reference_labels(info.checkpoints)
-    values = [t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.user_attrs.get("baseline") in labels]
-    values += [[b["scores"][o] for o in info.objectives] for label, b in side_baselines(study).items()
-               if label in labels and "scores" in b]
+    values = [t.values for t in stored_trials(study, complete_only=True) if t.baseline in labels]
+    values += [[b.scores[o] for o in info.objectives] for b in side_baselines(study).values()
+               if b.label in labels and b.scores is not None]
     if not values:
         return None
     return _losses(np.array(values, dtype=float), info.directions).max(axis=0)
@@ -67,17 +46,31 @@ def hypervolume(values: list[list[float]], directions: list[str], reference: np.
     return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
 
 
+class FrontTracker:
+    """The non-dominated values seen so far and their hypervolume, kept one trial at a time: only a
+    point that enters the front changes the hypervolume, and only the front is measured."""
+
+    def __init__(self, directions: list[str], reference: np.ndarray) -> None:
+        self.directions = directions
+        self.reference = reference
+        self.front: list[list[float]] = []
+        self.hypervolume = 0.0
+
+    def add(self, values: list[float]) -> float:
+        if not any(dominates(member, values, self.directions) for member in self.front):
+            self.front = [m for m in self.front if not dominates(values, m, self.directions)] + [values]
+            self.hypervolume = hypervolume(self.front, self.directions, self.reference)
+        return self.hypervolume
+
+
 def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int, float]]:
     """(trial number, hypervolume of all trials completed up to it), in trial order."""
-    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     reference = reference_point(study, info)
     if reference is None:
         return []
-    history, seen = [], []
-    for trial in trials:
-        seen.append(trial.values)
-        history.append((trial.number, hypervolume(seen, info.directions, reference)))
-    return history
+    tracker = FrontTracker(info.directions, reference)
+    trials = sorted(stored_trials(study, complete_only=True), key=lambda t: t.number)
+    return [(trial.number, tracker.add(trial.values)) for trial in trials]
 
 
 def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
@@ -87,36 +80,30 @@ def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
     return all(better) and any(x != y for x, y in zip(a, b))
 
 
-def _record(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool) -> dict[str, Any]:
+def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool) -> FrontEntry:
     merge = recipe_from_json(recipe)
-    return {
-        "trial": trial,
-        "baseline": label is not None,
-        "baseline_name": label,
-        "on_front": on_front,
-        "method": merge.method,
-        "settings": merge.describe(),
-        "weights": merge.checkpoint_weights(),
-        "scores": scores,
-        "recipe": recipe,
-    }
+    return FrontEntry(trial=trial, baseline=label is not None, baseline_name=label, on_front=on_front,
+                      beaten_by_front=None, method=merge.method, settings=merge.describe(),
+                      weights=merge.checkpoint_weights(), scores=scores, recipe=recipe)
 
 
-def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = False) -> list[dict[str, Any]]:
+def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = False) -> list[FrontEntry]:
     """The Pareto front (Optuna's own `best_trials`), every baseline trial in trial order, then the
     baselines scored beside the search (trial None). A baseline's `beaten_by_front` says whether a
     front member dominates it."""
     front = study.best_trials
     numbers = {t.number for t in front}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    keep = [t for t in complete if include_all or t.number in numbers or is_baseline(t)]
-    records = [_record(t.number, t.user_attrs.get("baseline"), trial_recipe(t), t.user_attrs["scores"], t.number in numbers)
-               for t in sorted(keep, key=lambda t: t.number)]
-    records += [_record(None, label, b["recipe"], b["scores"], False) for label, b in side_baselines(study).items() if "scores" in b]
+    keep = [t for t in stored_trials(study, complete_only=True) if include_all or t.number in numbers or t.baseline is not None]
+    records = [_entry(t.number, t.baseline, t.recipe, t.scores, t.number in numbers) for t in sorted(keep, key=lambda t: t.number)]
+    records += [_entry(None, b.label, b.recipe, b.scores, False) for b in side_baselines(study).values() if b.scores is not None]
     for r in records:
         values = [r["scores"][o] for o in info.objectives]
         r["beaten_by_front"] = any(dominates(t.values, values, info.directions) for t in front) if r["baseline"] else None
     return records
+
+
+def front_document(info: StudyInfo, records: list[FrontEntry]) -> FrontDocument:
+    return FrontDocument(study=info.name, objectives=info.objectives, held_out=info.held_out, trials=records)
 
 
 TOP_WEIGHTS = 3  # checkpoints named per row in the compact table
@@ -127,7 +114,7 @@ def _top_weights(weights: dict[str, float]) -> str:
     return " ".join(f"{name} {value:.2f}" for name, value in largest if value != 0.0)
 
 
-def front_table(records: list[dict[str, Any]], info: StudyInfo, *, wide: bool = False) -> pd.DataFrame:
+def front_table(records: list[FrontEntry], info: StudyInfo, *, wide: bool = False) -> pd.DataFrame:
     """One row per record: trial, kind, method, front membership (or 'beaten' for a baseline a front
     member dominates), one column per task (held-out ones marked 'ho:'), and the weights: the
     largest three in one column, or (wide) one column per checkpoint and the method's settings."""
@@ -146,6 +133,6 @@ def front_table(records: list[dict[str, Any]], info: StudyInfo, *, wide: bool = 
     return pd.DataFrame(rows)
 
 
-def most_balanced(records: list[dict[str, Any]], info: StudyInfo) -> dict[str, Any]:
+def most_balanced(records: list[FrontEntry], info: StudyInfo) -> FrontEntry:
     """The front member whose worst held-in objective (min-max normalized over the front) is best."""
     return rank([r for r in records if r["on_front"]] or records, info, None)[0]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from recycler.files import write_text_atomic
 from recycler.front import front_records, front_table, hypervolume_history
+from recycler.selection import narrow
 from recycler.study import load_study
 
 _STYLE = {
@@ -91,15 +93,18 @@ def hypervolume_figure(history: list[tuple[int, float]]) -> go.Figure:
     return figure
 
 
-def render_report(study_dir: Path) -> str:
+def render_report(study_dir: Path, *, where: list[str] = (), preference: str | None = None, limit: int | None = None) -> str:
+    """The report's HTML; `where`, `preference` and `limit` narrow the front members its table and
+    trade-off plot show, as they narrow `recycler front` (the scatter keeps every trial)."""
     study, info = load_study(study_dir)
     records = front_records(study, info, include_all=True)
-    shown = [r for r in records if r["on_front"] or r["baseline"]]
+    shown = narrow([r for r in records if r["on_front"] or r["baseline"]], info, where=list(where), preference=preference,
+                   limit=limit)
     table = front_table(shown, info, wide=True).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="front")
     parts = [
         front_figure(records, info.objectives).to_html(full_html=False, include_plotlyjs=True, div_id="front-plot"),
-        tradeoff_figure(records, info.objectives, info.held_out).to_html(full_html=False, include_plotlyjs=False,
-                                                                         div_id="tradeoff-plot"),
+        tradeoff_figure(shown, info.objectives, info.held_out).to_html(full_html=False, include_plotlyjs=False,
+                                                                       div_id="tradeoff-plot"),
         hypervolume_figure(hypervolume_history(study, info)).to_html(full_html=False, include_plotlyjs=False, div_id="hv-plot"),
     ]
     return f"""<!doctype html>
@@ -110,6 +115,7 @@ table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text
 <p>Pool fingerprint <code>{info.fingerprint[:16]}</code>; {len(records)} completed trials; objectives (held-in):
 {", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.</p>
 {parts[0]}
+{_narrowing_note(where, preference, limit)}
 {parts[1]}
 {parts[2]}
 <h2>Front members and baselines</h2>
@@ -119,8 +125,18 @@ table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text
 """
 
 
-def write_report(study_dir: Path, out: Path | None = None) -> Path:
-    """Write the report (default STUDY/report.html) atomically."""
+def _narrowing_note(where: list[str], preference: str | None, limit: int | None) -> str:
+    """Says which front members the trade-offs and the table keep, when they do not keep them all."""
+    parts = [f"meeting {html.escape(' and '.join(where))}"] if where else []
+    parts += [f"ranked by {html.escape(preference)}"] if preference else []
+    parts += [f"at most {limit}"] if limit is not None else []
+    if not parts:
+        return ""
+    return f'<p id="narrowing">Front members shown below: {", ".join(parts)} (baselines always shown).</p>'
+
+
+def write_report(study_dir: Path, out: Path | None = None, **narrowing: Any) -> Path:
+    """Write the report (default STUDY/report.html) atomically; `narrowing` as for render_report."""
     out = Path(out or Path(study_dir) / "report.html")
-    write_text_atomic(out, render_report(Path(study_dir)))
+    write_text_atomic(out, render_report(Path(study_dir), **narrowing))
     return out

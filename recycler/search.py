@@ -3,34 +3,45 @@
 Baselines (each checkpoint alone, the uniform average, the literature's merge methods at their
 defaults) are scored first, so every front is read against them: those the search space can
 express are its first trials, the others are recorded on the study beside the trials. As many
-trials are in flight as there are workers; a new one is asked for the moment a worker frees up. Every finished trial is in Optuna storage at once, so a killed
-search resumes where it stopped and never re-runs a finished trial.
+trials are in flight as there are workers; a new one is asked for the moment a worker frees up.
+Every finished trial is in Optuna storage at once, so a killed search resumes where it stopped and
+never re-runs a finished trial.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from recycler.baselines import baseline_recipes
-from recycler.errors import RecyclerError, format_bytes, one_line
-from recycler.front import BASELINE_ATTR, hypervolume, reference_point
-from recycler.merge import MemoryNeeds, keep_resident
-from recycler.pool import Pool, load_pool
+from recycler.cluster import Finished, WorkerPool, worker_device
+from recycler.errors import RecyclerError
+from recycler.front import FrontTracker, reference_point
+from recycler.merge import keep_resident
+from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe, layer_count
+from recycler.records import (
+    SideBaseline,
+    StoredTrial,
+    queue_again,
+    queue_baseline,
+    record_candidate,
+    record_error,
+    record_scores,
+    record_side_baseline,
+    side_baselines,
+    stored_trials,
+)
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
-from recycler.study import StudyInfo, read_info, storage_for, write_info
+from recycler.study import StudyInfo, bind_folder, storage_for
 from recycler.suite import load_suite
 
 DEFAULT_SAMPLER = "TPESampler"
@@ -61,16 +72,26 @@ def _objectives(spec: PoolSpec) -> tuple[list[str], list[str], list[str]]:
     return objectives, directions, suite.held_out
 
 
-def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> tuple[optuna.Study, StudyInfo, SearchSpace]:
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A study ready to run: its storage, what it searches, and the side baselines still to score."""
+
+    study: optuna.Study
+    info: StudyInfo
+    space: SearchSpace
+    side_baselines: dict[str, MergeRecipe]  # baselines the space cannot express, not scored yet
+
+
+def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> PreparedStudy:
     """Validate everything, then create the study folder or check that it belongs to this pool."""
     pool = load_pool(spec)
     space = load_space(spec.search.space, pool.names, layers=layer_count(pool.tensor_names))
     objectives, directions, held_out = _objectives(spec)
     make_sampler(spec.search.sampler, spec.search.seed)
     if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
-        keep_resident(pool, _worker_device(spec), spec.resources.memory_budget)
+        keep_resident(pool, worker_device(spec), spec.resources.memory_budget)
     pool.check_finite()
-    info = StudyInfo(
+    info = bind_folder(folder, StudyInfo(
         name=spec.name,
         fingerprint=pool.fingerprint(),
         spec=spec.model_dump(mode="json"),
@@ -78,25 +99,30 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
         directions=directions,
         held_out=held_out,
         storage=storage,
-    )
-    if (folder / "study.json").is_file():
-        existing = read_info(folder)
-        if existing.fingerprint != info.fingerprint:
-            raise RecyclerError(f"{folder}: study belongs to another pool (fingerprint {existing.fingerprint[:12]}, this pool {info.fingerprint[:12]})")
-        if existing.objectives != objectives or existing.spec["search"]["space"] != spec.search.space:
-            raise RecyclerError(f"{folder}: study searched other objectives or another space; use a new study folder")
-        info = existing
-    else:
-        write_info(folder, info)
-    finished = 0
+    ))
+    study = _open_study(folder, info, spec)
+    baselines = baseline_recipes(pool.names, pool.base is not None)
+    if not study.trials:
+        for label, recipe in baselines.items():
+            params = space.params_for(recipe)
+            if params is not None:
+                queue_baseline(study, params, label)
+    scored = side_baselines(study)
+    side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None and label not in scored}
+    return PreparedStudy(study, info, space, side)
+
+
+def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
+    """Create or load the study; the sampler's seed moves on with the trials already run, so a
+    resumed search does not propose the same points again."""
+    storage = storage_for(folder, info)
     try:
-        existing_study = optuna.load_study(study_name=info.name, storage=storage_for(folder, info))
-        finished = len(existing_study.trials)
+        finished = len(optuna.load_study(study_name=info.name, storage=storage).trials)
     except KeyError:
-        pass
+        finished = 0
     study = optuna.create_study(
         study_name=info.name,
-        storage=storage_for(folder, info),
+        storage=storage,
         directions=info.directions,
         sampler=make_sampler(spec.search.sampler, spec.search.seed + finished),
         load_if_exists=True,
@@ -105,81 +131,44 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> t
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(info.objectives)
-    if not study.trials:
-        for label, recipe in baseline_recipes(pool.names, pool.base is not None).items():
-            params = space.params_for(recipe)
-            if params is not None:
-                study.enqueue_trial(params, user_attrs={"baseline": label})
-    return study, info, space
-
-
-def pending_baselines(study: optuna.Study, space: SearchSpace, pool: Pool) -> dict[str, MergeRecipe]:
-    """Baselines the space cannot express and the study has not recorded yet."""
-    return {
-        label: recipe
-        for label, recipe in baseline_recipes(pool.names, pool.base is not None).items()
-        if space.params_for(recipe) is None and BASELINE_ATTR.format(label) not in study.user_attrs
-    }
+    return study
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by a killed search: mark them failed and queue their parameters again.
 
     A trial killed before all its parameters were drawn (its recipe is recorded once they are)
-    had nothing evaluated; it is failed only.
+    had nothing evaluated; it is failed only. Being interrupted does not use up an attempt.
     """
-    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    interrupted = [t for t in stored_trials(study) if t.state == TrialState.RUNNING]
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        if not {"recipe", "weights"} & set(trial.user_attrs):  # "weights" alone: a study from before recipes were recorded
-            continue
-        kept = {k: v for k, v in trial.user_attrs.items() if k in ("baseline", "attempt")}
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False)
+        if trial.recipe is not None:
+            queue_again(study, trial, attempt=trial.attempt)
     return len(interrupted)
 
 
 def finished_trials(study: optuna.Study) -> int:
     """Trials that count against the budget: completed, or failed for good with an error and not
     queued again. Trials interrupted by a killed search carry no error and do not count."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    trials = stored_trials(study)
+    retried = {t.retry_of for t in trials if t.retry_of is not None}
     return sum(
         1
         for t in trials
-        if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and "error" in t.user_attrs and t.number not in retried)
+        if t.complete or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
     )
 
 
 def fail_and_retry(study: optuna.Study, trial: optuna.Trial, error: str, max_retries: int) -> bool:
     """Record the trial as failed with its error; queue its parameters again while retries remain."""
-    attempt = int(trial.user_attrs.get("attempt", 1))
-    trial.set_user_attr("error", error)
+    stored = StoredTrial.running(trial)
+    record_error(trial, error)
     study.tell(trial, state=TrialState.FAIL)
-    if attempt > max_retries:
+    if stored.attempt > max_retries:
         return False
-    attrs = {"retry_of": trial.number, "attempt": attempt + 1}
-    if "baseline" in trial.user_attrs:
-        attrs["baseline"] = trial.user_attrs["baseline"]
-    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    queue_again(study, stored, attempt=stored.attempt + 1)
     return True
-
-
-def _describe(error: Exception) -> str:
-    import ray
-
-    if isinstance(error, ray.exceptions.RayTaskError):
-        cause = error.cause
-        return f"{type(cause).__name__}: {one_line(cause, 400)}"
-    return f"worker died: {one_line(error, 400)}"
-
-
-@dataclass
-class _InFlight:
-    worker: Any
-    trial: optuna.Trial | None = None
-    baseline: str | None = None
-    recipe: MergeRecipe | None = None
 
 
 def _non_finite(scores: dict[str, Any]) -> str | None:
@@ -188,98 +177,121 @@ def _non_finite(scores: dict[str, Any]) -> str | None:
     return f"non-finite score on task '{bad[0]}'" if bad else None
 
 
-def record_baseline(study: optuna.Study, label: str, recipe: MergeRecipe, result: dict[str, Any]) -> None:
-    """Store a baseline scored beside the trials on the study: its recipe and scores, or its error."""
-    entry: dict[str, Any] = {"recipe": recipe.to_json()}
+def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
+    """Store a worker's result on the trial and return its objective values; a bad candidate
+    (non-finite weights or scores) fails with the reason, returns None, and is not retried: it
+    would fail again."""
+    if "error" not in result:
+        record_scores(trial, result)
     error = result.get("error") or _non_finite(result["scores"])
     if error:
-        entry["error"] = error
-    else:
-        entry["scores"] = result["scores"]
-    study.set_user_attr(BASELINE_ATTR.format(label), entry)
-
-
-def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> bool:
-    """Store a worker's result on the trial; a bad candidate (non-finite weights or scores) fails
-    with the reason and is not retried: it would fail again."""
-    if "error" in result:
-        trial.set_user_attr("error", result["error"])
+        record_error(trial, error)
         study.tell(trial, state=TrialState.FAIL)
-        return False
-    scores = result["scores"]
-    trial.set_user_attr("scores", scores)
-    for key in ("merge_seconds", "forward_seconds", "trial_seconds"):
-        trial.set_user_attr(key, result[key])
-    error = _non_finite(scores)
-    if error:
-        trial.set_user_attr("error", error)
-        study.tell(trial, state=TrialState.FAIL)
-        return False
-    study.tell(trial, [scores[o] for o in info.objectives])
-    return True
+        return None
+    values = [result["scores"][o] for o in info.objectives]
+    study.tell(trial, values)
+    return values
 
 
-def connect_ray(address: str | None) -> None:
-    """Join the Ray cluster at `address` (a local one when None) unless this process already has;
-    without the dashboard, which costs about 1 GB, and with Ray's logs kept off the user's terminal."""
-    import ray
+@dataclass(frozen=True)
+class _Job:
+    """What a worker is scoring: a trial of the study, or a baseline scored beside them."""
 
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
-def _start_workers(spec: PoolSpec, address: str | None, count: int | None = None, progress: bool = False) -> list[Any]:
-    """Start worker actors and wait until each holds its pool and model; a worker that dies while
-    starting ends the search with one line saying why and what it needed."""
-    import ray
-    from tqdm import tqdm
-
-    from recycler.workers import MergeWorker
-
-    connect_ray(address)
-    workers = spec.resources.workers
-    gpus = spec.resources.gpus_per_worker
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-    actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=gpus, max_concurrency=1)
-    handles = [actor.remote(spec, _worker_device(spec).type, cpus) for _ in range(count or workers)]
-    waiting = [h.ready.remote() for h in handles]
-    with tqdm(total=len(handles), desc="starting workers", unit="worker", delay=2.0, disable=not progress,
-              dynamic_ncols=True) as bar:
-        while waiting:
-            (ready,), waiting = ray.wait(waiting, num_returns=1)
-            try:
-                ray.get(ready)
-            except ray.exceptions.RayError as error:
-                for handle in handles:
-                    ray.kill(handle)
-                raise RecyclerError(_startup_failure(error, spec, len(handles))) from None
-            bar.update(1)
-    return handles
+    recipe: MergeRecipe
+    trial: optuna.Trial | None = None
+    label: str | None = None
 
 
-def _startup_failure(error: Exception, spec: PoolSpec, count: int) -> str:
-    """One line for a worker that died while starting: what ran out, what a worker needs, what to change."""
-    import ray
+class _Progress:
+    """The trials bar, with the front's size and hypervolume, kept up one trial at a time."""
 
-    if isinstance(error, ray.exceptions.RayActorError) and error.actor_init_failed:
-        raised = str(error).strip().splitlines()[-1]  # the exception the worker's constructor raised
-        return "a worker failed while starting: " + re.sub(r"^([\w.]*\.)?RecyclerError: ", "", raised)
-    needs = MemoryNeeds.of(load_pool(spec), _worker_device(spec))
-    holds = (
-        f"a worker needs {format_bytes(needs.streamed)} with the pool streamed from the page cache (one model and "
-        f"scratch), {format_bytes(needs.resident)} with it stacked, and {count} worker(s) started"
-    )
-    advice = "lower resources.workers or resources.memory_per_worker, or use a machine with more memory"
-    if isinstance(error, ray.exceptions.OutOfMemoryError):
-        node = re.search(r"was ([\d.]+\s*GB) used / ([\d.]+\s*GB) limit", str(error))
-        seen = f" (the node had {node[1]} of {node[2]} in use)" if node else ""
-        return f"a worker ran out of memory while starting and Ray killed it{seen}: {holds}; {advice}"
-    return f"a worker died while starting ({_describe(error)[:200]}): {holds}; if memory ran out, {advice}"
+    def __init__(self, study: optuna.Study, info: StudyInfo, budget: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.study, self.info = study, info
+        self.bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not enabled,
+                        dynamic_ncols=True)
+        self.tracker: FrontTracker | None = None
+
+    def trial_finished(self, values: list[float] | None) -> None:
+        """One more trial counts against the budget: with its objective values if it completed."""
+        self.bar.update(1)
+        if values is not None:
+            self._track(values)
+        if self.tracker is not None:
+            self.bar.set_postfix(front=len(self.tracker.front), hv=f"{self.tracker.hypervolume:.4g}")
+
+    def _track(self, values: list[float]) -> None:
+        """Add the newest trial; measure every trial again only while the baselines that bound the
+        hypervolume are still coming in and move its reference point."""
+        reference = reference_point(self.study, self.info)
+        if reference is None:
+            return
+        if self.tracker is None or not (self.tracker.reference == reference).all():
+            self.tracker = FrontTracker(self.info.directions, reference)
+            for trial in stored_trials(self.study, complete_only=True):
+                self.tracker.add(trial.values)
+        else:
+            self.tracker.add(values)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _worker_device(spec: PoolSpec) -> torch.device:
-    return torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
+@dataclass
+class _Loop:
+    """One run of the search: keeps every worker busy with a trial or a baseline, records what comes
+    back, and retries what a lost worker was scoring."""
+
+    prepared: PreparedStudy
+    spec: PoolSpec
+    workers: WorkerPool[_Job]
+    progress: _Progress
+    should_stop: Callable[[], bool]
+    lost_baselines: dict[str, int] = field(default_factory=dict)  # side baselines whose worker died, by label
+    stopping: bool = False
+
+    def run(self) -> None:
+        while True:
+            self.stopping = self.stopping or self.should_stop()
+            if not self.stopping:
+                self._fill_idle_workers()
+            if not self.workers.jobs():
+                return
+            self._record(self.workers.next_finished())
+
+    def _fill_idle_workers(self) -> None:
+        study, pending = self.prepared.study, self.prepared.side_baselines
+        while self.workers.idle and pending:
+            label, recipe = pending.popitem()
+            self.workers.submit(recipe, _Job(recipe, label=label))
+        while self.workers.idle and finished_trials(study) + self._trials_in_flight() < self.spec.search.trials:
+            trial = study.ask()
+            recipe = self.prepared.space.suggest(trial)
+            record_candidate(trial, recipe)
+            self.workers.submit(recipe, _Job(recipe, trial=trial))
+
+    def _trials_in_flight(self) -> int:
+        return sum(job.trial is not None for job in self.workers.jobs())
+
+    def _record(self, finished: Finished[_Job]) -> None:
+        job, result = finished.job, finished.result
+        study, retries = self.prepared.study, self.spec.search.max_retries
+        if job.trial is not None:
+            if finished.died:
+                fail_and_retry(study, job.trial, result["error"], retries)
+                self.progress.trial_finished(None)
+            else:
+                self.progress.trial_finished(record_result(study, self.prepared.info, job.trial, result))
+            return
+        if finished.died:
+            self.lost_baselines[job.label] = self.lost_baselines.get(job.label, 0) + 1
+            if self.lost_baselines[job.label] <= retries:  # scored again, as a failed trial would be
+                self.prepared.side_baselines[job.label] = job.recipe
+                return
+        error = result.get("error") or _non_finite(result["scores"])
+        record_side_baseline(study, SideBaseline(job.label, job.recipe.to_json(),
+                                                 scores=None if error else result["scores"], error=error))
 
 
 def run_search(
@@ -295,80 +307,15 @@ def run_search(
 
     should_stop, checked each time a worker frees up, ends the search early once the trials in flight finish.
     """
-    import ray
-    from tqdm import tqdm
-
-    folder = Path(folder)
-    study, info, space = prepare_study(spec, folder, storage)
-    requeue_interrupted(study)
-    budget = spec.search.trials
-    baselines = pending_baselines(study, space, load_pool(spec))
-    if finished_trials(study) >= budget and not baselines:
-        return study
-    workers = _start_workers(spec, address, progress=progress)
-    idle = list(workers)
-    in_flight: dict[Any, _InFlight] = {}
-    deaths: dict[str, int] = {}  # side baselines whose worker died, scored again like a failed trial
-    bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not progress, dynamic_ncols=True)
+    prepared = prepare_study(spec, Path(folder), storage)
+    requeue_interrupted(prepared.study)
+    if finished_trials(prepared.study) >= spec.search.trials and not prepared.side_baselines:
+        return prepared.study
+    workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
+    bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress)
     try:
-        stopping = False
-        while True:
-            stopping = stopping or bool(should_stop and should_stop())
-            while idle and baselines and not stopping:
-                label, recipe = baselines.popitem()
-                worker = idle.pop()
-                in_flight[worker.evaluate.remote(recipe.to_json())] = _InFlight(worker, baseline=label, recipe=recipe)
-            while idle and finished_trials(study) + _trials_in(in_flight) < budget and not stopping:
-                trial = study.ask()
-                recipe = space.suggest(trial)
-                trial.set_user_attr("recipe", recipe.to_json())
-                trial.set_user_attr("weights", recipe.checkpoint_weights())
-                worker = idle.pop()
-                in_flight[worker.evaluate.remote(recipe.to_json())] = _InFlight(worker, trial=trial)
-            if not in_flight:
-                break
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            job = in_flight.pop(ref)
-            try:
-                result = ray.get(ref)
-                idle.append(job.worker)
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as error:
-                result = {"error": _describe(error)}
-                workers.remove(job.worker)
-                ray.kill(job.worker)
-                fresh = _start_workers(spec, address, count=1, progress=progress)
-                workers += fresh
-                idle += fresh
-                if job.trial is not None:
-                    fail_and_retry(study, job.trial, result["error"], spec.search.max_retries)
-                    bar.update(1)
-                    continue
-                deaths[job.baseline] = deaths.get(job.baseline, 0) + 1
-                if deaths[job.baseline] <= spec.search.max_retries:
-                    baselines[job.baseline] = job.recipe
-                    continue
-            if job.trial is None:
-                record_baseline(study, job.baseline, job.recipe, result)
-                continue
-            record_result(study, info, job.trial, result)
-            bar.update(1)
-            bar.set_postfix(_progress(study, info))
+        _Loop(prepared, spec, workers, bar, should_stop or (lambda: False)).run()
     finally:
         bar.close()
-        for ref, job in in_flight.items():
-            ray.cancel(ref, force=True)
-        for worker in workers:
-            ray.kill(worker)
-    return study
-
-
-def _trials_in(in_flight: dict[Any, _InFlight]) -> int:
-    return sum(job.trial is not None for job in in_flight.values())
-
-
-def _progress(study: optuna.Study, info: StudyInfo) -> dict[str, str]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reference = reference_point(study, info)
-    front = study.best_trials
-    hv = hypervolume([t.values for t in complete], info.directions, reference) if reference is not None else 0.0
-    return {"front": str(len(front)), "hv": f"{hv:.4g}"}
+        workers.close()
+    return prepared.study

@@ -1,5 +1,6 @@
 """Narrowing a many-objective front to the trade-off a person wants: constraints on scores, a
-ranking by preference, a row limit. Used by `recycler front` and `recycler export --pick`.
+ranking by preference, a row limit. Used by `recycler front`, `recycler report`, `recycler export
+--pick` and the service's front.
 """
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from recycler.errors import RecyclerError
+from recycler.records import FrontEntry
 from recycler.study import StudyInfo
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -65,7 +66,7 @@ def parse_preference(text: str, objectives: list[str]) -> dict[str, float] | Non
     return weights
 
 
-def _normalized(records: list[dict[str, Any]], info: StudyInfo) -> np.ndarray:
+def _normalized(records: list[FrontEntry], info: StudyInfo) -> np.ndarray:
     """Each objective oriented so higher is better and min-max scaled over these records."""
     values = np.array([[r["scores"][o] for o in info.objectives] for r in records], dtype=float)
     oriented = values * np.array([1.0 if d == "maximize" else -1.0 for d in info.directions])
@@ -73,7 +74,7 @@ def _normalized(records: list[dict[str, Any]], info: StudyInfo) -> np.ndarray:
     return (oriented - low) / np.where(high > low, high - low, 1.0)
 
 
-def rank(records: list[dict[str, Any]], info: StudyInfo, preference: dict[str, float] | None) -> list[dict[str, Any]]:
+def rank(records: list[FrontEntry], info: StudyInfo, preference: dict[str, float] | None) -> list[FrontEntry]:
     """Best first: by the worst normalized objective ('balanced'), or by the weighted sum of the
     normalized objectives; ties keep trial order."""
     if not records:
@@ -87,8 +88,8 @@ def rank(records: list[dict[str, Any]], info: StudyInfo, preference: dict[str, f
     return [records[i] for i in order]
 
 
-def select(records: list[dict[str, Any]], info: StudyInfo, *, where: list[str] = (), preference: str | None = None,
-           limit: int | None = None, front_only: bool = True) -> list[dict[str, Any]]:
+def select(records: list[FrontEntry], info: StudyInfo, *, where: list[str] = (), preference: str | None = None,
+           limit: int | None = None, front_only: bool = True) -> list[FrontEntry]:
     """The front members (or, not front_only, every trial) meeting every constraint, ranked by the
     preference, at most `limit` of them."""
     tasks = info.objectives + info.held_out
@@ -102,8 +103,8 @@ def select(records: list[dict[str, Any]], info: StudyInfo, *, where: list[str] =
     return candidates[:limit] if limit is not None else candidates
 
 
-def narrow(records: list[dict[str, Any]], info: StudyInfo, *, where: list[str] = (), preference: str | None = None,
-           limit: int | None = None, front_only: bool = True) -> list[dict[str, Any]]:
+def narrow(records: list[FrontEntry], info: StudyInfo, *, where: list[str] = (), preference: str | None = None,
+           limit: int | None = None, front_only: bool = True) -> list[FrontEntry]:
     """What a front table or document shows when narrowed: the selected members first, then the
     baselines for reference; every record when nothing narrows it."""
     if not where and preference is None and limit is None:

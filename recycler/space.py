@@ -28,6 +28,7 @@ from recycler.recipes import (
     SlerpRecipe,
     TaskVectorRecipe,
 )
+from recycler.references import reference_file
 
 SPACES_DIR = Path(recycler.search_spaces.__file__).parent
 
@@ -270,7 +271,7 @@ class SpaceFile(StrictModel):
 def load_space(ref: str, checkpoints: list[str], layers: int = 0) -> SearchSpace:
     """A space by name (search_spaces/NAME.yaml) or by path, bound to the pool's checkpoint names
     and its number of layers."""
-    path = Path(ref) if ref.endswith((".yaml", ".yml")) else SPACES_DIR / f"{ref}.yaml"
+    path = reference_file(ref, SPACES_DIR)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
         raise RecyclerError(f"search space '{ref}': no file {path} (spaces: {known})")

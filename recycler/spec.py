@@ -22,6 +22,7 @@ from pydantic import (
 
 from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError
+from recycler.references import is_file_reference
 from recycler.suite import SuiteSpec
 
 
@@ -49,7 +50,7 @@ class SearchConfig(StrictModel):
     @field_validator("space")
     @classmethod
     def _resolve_space(cls, value: str, info: ValidationInfo) -> str:
-        return str(resolve_path(Path(value), info)) if value.endswith((".yaml", ".yml")) else value
+        return str(resolve_path(Path(value), info)) if is_file_reference(value) else value
 
 
 class Resources(StrictModel):
@@ -101,7 +102,7 @@ class PoolSpec(StrictModel):
     @field_validator("suite")
     @classmethod
     def _resolve_suite(cls, value: str | SuiteSpec, info: ValidationInfo) -> str | SuiteSpec:
-        if isinstance(value, str) and value.endswith((".yaml", ".yml")) or "/" in value:
+        if isinstance(value, str) and is_file_reference(value):
             return str(resolve_path(Path(value), info))
         return value
 

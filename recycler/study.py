@@ -45,7 +45,7 @@ class StudyInfo:
 
 def read_info(folder: Path) -> StudyInfo:
     path = Path(folder) / INFO_FILE
-    if not path.is_file():
+    if not is_study_folder(folder):
         raise RecyclerError(f"{folder}: not a study folder (no {INFO_FILE})")
     try:
         return StudyInfo(**json.loads(path.read_text()))
@@ -56,6 +56,24 @@ def read_info(folder: Path) -> StudyInfo:
 def write_info(folder: Path, info: StudyInfo) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / INFO_FILE, json.dumps(asdict(info), indent=2))
+
+
+def is_study_folder(folder: Path) -> bool:
+    return (Path(folder) / INFO_FILE).is_file()
+
+
+def bind_folder(folder: Path, info: StudyInfo) -> StudyInfo:
+    """Write a new study's info into its folder, or return the folder's own if it searches the same
+    pool, objectives and space: a study is never continued against anything else."""
+    if not is_study_folder(folder):
+        write_info(folder, info)
+        return info
+    existing = read_info(folder)
+    if existing.fingerprint != info.fingerprint:
+        raise RecyclerError(f"{folder}: study belongs to another pool (fingerprint {existing.fingerprint[:12]}, this pool {info.fingerprint[:12]})")
+    if existing.objectives != info.objectives or existing.spec["search"]["space"] != info.spec["search"]["space"]:
+        raise RecyclerError(f"{folder}: study searched other objectives or another space; use a new study folder")
+    return existing
 
 
 def storage_for(folder: Path, info: StudyInfo) -> optuna.storages.BaseStorage | str:

@@ -23,6 +23,8 @@ from pydantic import (
 import recycler.eval_suites
 from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError, one_line
+from recycler.library_seams import load_task_yaml
+from recycler.references import reference_file
 
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
 
@@ -83,14 +85,12 @@ def _listed_files(value: Any) -> list[str]:
 
 def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
     """Every task YAML under task_dir, by task name, read with lm-eval's own loader."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     if not task_dir.is_dir():
         raise RecyclerError(f"{task_dir}: task folder does not exist")
     configs = {}
     for path in sorted(task_dir.rglob("*.yaml")):
         try:
-            config = load_yaml(path)
+            config = load_task_yaml(path)
         except (yaml.YAMLError, ValueError, OSError) as error:
             raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({one_line(error, 200)})") from None
         if not isinstance(config.get("task"), str):
@@ -173,13 +173,6 @@ class Suite:
         return built
 
 
-def _suite_file(ref: str) -> Path:
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or "/" in ref:
-        return path
-    return SUITES_DIR / f"{ref}.yaml"
-
-
 def parse_suite(data: Any, root: Path, source: str) -> Suite:
     """Validate a suite mapping; relative paths resolve against root."""
     if not isinstance(data, dict):
@@ -194,7 +187,7 @@ def load_suite(ref: str | SuiteSpec) -> Suite:
     """A suite by name (a file in eval_suites/), by path, or already parsed inline in a pool spec."""
     if isinstance(ref, SuiteSpec):
         return Suite(ref, "pool spec")
-    path = _suite_file(ref)
+    path = reference_file(ref, SUITES_DIR)
     if not path.is_file():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise RecyclerError(f"suite '{ref}': no file {path} (suites in eval_suites/: {', '.join(known) or 'none'})")

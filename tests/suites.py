@@ -75,16 +75,3 @@ def write_suite(folder: Path, **overrides) -> Path:
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
 
-
-def write_search_spec(root: Path, trials: int = 8, workers: int = 2, space: str = "simplex", **search):
-    """A tiny three-checkpoint pool with the arith suite, set up for a short random search."""
-    from recycler.demo.tiny import write_pool
-    from recycler.spec import load_spec
-
-    spec_path = write_pool(root, 3)
-    write_suite(root / "suite")
-    spec = yaml.safe_load(spec_path.read_text())
-    spec.update(suite="suite/suite.yaml", resources={"workers": workers},
-                search={"space": space, "trials": trials, "sampler": "RandomSampler", "seed": 1, **search})
-    spec_path.write_text(yaml.safe_dump(spec))
-    return load_spec(spec_path)

@@ -13,8 +13,8 @@ from recycler.cli import main
 from recycler.demo.tiny import write_pool
 from recycler.search import run_search
 from recycler.spec import load_spec
+from tests.pools import BAD_POOLS
 from tests.suites import write_suite
-from tests.test_pool import BAD_POOLS
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from recycler.errors import format_bytes
 from recycler.merge import MemoryNeeds
 from recycler.pool import load_pool
 from recycler.spec import load_spec
-from tests.test_pool import BAD_POOLS
+from tests.pools import BAD_POOLS
 
 
 def recycler(*args: str, cwd: Path) -> subprocess.CompletedProcess:

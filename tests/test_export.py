@@ -1,10 +1,7 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.demo.tiny import write_pool
@@ -14,24 +11,7 @@ from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
-
-
-def read_folder(folder: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for file in folder.glob("*.safetensors"):
-        tensors.update(load_file(file))
-    return tensors
-
-
-def run_mergekit(recipe_file: Path, out: Path) -> dict[str, torch.Tensor]:
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    config = MergeConfiguration.model_validate(yaml.safe_load(recipe_file.read_text()))
-    run_merge(config, str(out), options=MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
-    return read_folder(out)
-
+from tests.mergekit_reference import read_folder, run_mergekit
 
 CASES = {
     "gpt2-linear": ({"arch": "gpt2"}, LinearRecipe({"c0": 0.6, "c1": 0.3, "c2": 0.1})),

@@ -24,7 +24,7 @@ from recycler.recipes import (
     recipe_from_json,
 )
 from recycler.spec import load_spec
-from tests.test_export import read_folder, run_mergekit
+from tests.mergekit_reference import read_folder, run_mergekit
 
 WEIGHTS = {"c0": 0.9, "c1": 0.6, "c2": 0.3}
 

@@ -22,7 +22,6 @@ from recycler.pool import load_pool
 from recycler.search import fail_and_retry, finished_trials, run_search
 from recycler.spec import load_spec
 from recycler.workers import MergeWorker
-from tests.suites import write_search_spec as write_spec
 
 
 def test_failed_trials_are_retried_up_to_the_limit():
@@ -53,8 +52,8 @@ def _side_baselines_scored(folder) -> bool:
     return journal.is_file() and "baseline:slerp" in journal.read_text()
 
 
-def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ray):
-    spec = write_spec(tmp_path, trials=12)
+def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=12)
     folder = tmp_path / "study"
     outcome = {}
     search = threading.Thread(target=lambda: outcome.update(study=run_search(spec, folder, progress=False)))
@@ -80,10 +79,10 @@ def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ra
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 12
 
 
-def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, local_ray):
+def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, local_ray, search_spec):
     space = tmp_path / "huge.yaml"
     space.write_text(yaml.safe_dump({"name": "huge", "rule": "linear", "parameters": {"low": 1e38, "high": 3e38}}))
-    spec = write_spec(tmp_path, trials=6, space=str(space))
+    spec = search_spec(trials=6, space=str(space))
     study = run_search(spec, tmp_path / "study", progress=False)
     merges = [t for t in study.trials if "baseline" not in t.user_attrs]
     assert merges and all(t.state == TrialState.FAIL for t in merges)
@@ -92,8 +91,8 @@ def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, loc
     assert finished_trials(study) == 6
 
 
-def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
-    spec = write_spec(tmp_path)
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path, search_spec):
+    spec = search_spec()
     file = tmp_path / "ckpt2" / "model.safetensors"
     tensors = load_file(file)
     tensors["transformer.h.1.mlp.c_proj.bias"][3] = float("nan")
@@ -102,10 +101,10 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
         MergeWorker(spec)
 
 
-def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tmp_path):
+def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tmp_path, search_spec):
     """Ray's own memory monitor, with its threshold set below what the machine already uses, kills
     the first worker as it starts: `recycler run` says what ran out and what a worker needs."""
-    write_spec(tmp_path, workers=1)
+    search_spec(workers=1)
     spec_path = tmp_path / "pool.yaml"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_memory_usage_threshold": "0.001", "RAY_memory_monitor_refresh_ms": "50"}
     env.pop("RAY_ADDRESS", None)

@@ -8,16 +8,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from recycler.front import front_records, hypervolume_history
+from recycler.cli import main
+from recycler.front import front_records, hypervolume_history, most_balanced
 from recycler.recipes import LinearRecipe, SlerpRecipe
 from recycler.search import finished_trials, prepare_study, run_search
 from recycler.study import load_study
 from recycler.workers import MergeWorker
-from tests.suites import write_search_spec as write_spec
 
 
-def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
-    spec = write_spec(tmp_path)
+def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray, search_spec):
+    spec = search_spec()
     folder = tmp_path / "study"
     study = run_search(spec, folder, progress=False)
     trials = sorted(study.trials, key=lambda t: t.number)
@@ -51,10 +51,11 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray):
     assert sum("baseline" in t.user_attrs for t in study.trials) == 4
 
 
-def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray):
-    spec = write_spec(tmp_path, trials=6)
+def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=6)
     folder = tmp_path / "study"
-    study, _, space = prepare_study(spec, folder)
+    prepared = prepare_study(spec, folder)
+    study, space = prepared.study, prepared.space
     running = study.ask()  # a search killed while this trial was being scored leaves it RUNNING
     running.set_user_attr("recipe", space.suggest(running).to_json())  # as the driver records it
     study = run_search(spec, folder, progress=False)
@@ -66,8 +67,8 @@ def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray):
     assert finished_trials(study) == 6
 
 
-def test_front_json_from_the_command(tmp_path, local_ray):
-    spec = write_spec(tmp_path, trials=6, space="linear")
+def test_front_json_from_the_command(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=6, space="linear")
     folder = tmp_path / "study"
     run_search(spec, folder, progress=False)
     result = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder), "--format", "json"],
@@ -105,19 +106,25 @@ def test_front_json_from_the_command(tmp_path, local_ray):
     assert json.loads((tmp_path / "picked" / "recycler.json").read_text())["scores"] == eligible[0]["scores"]
 
 
-def test_report_and_export_of_a_trial(tmp_path, local_ray):
+def test_report_and_export_of_a_trial(tmp_path, local_ray, search_spec):
     from recycler.export import export_trial
     from recycler.report import write_report
 
-    spec = write_spec(tmp_path, trials=6)
+    spec = search_spec(trials=6)
     folder = tmp_path / "study"
     run_search(spec, folder, progress=False)
     page = write_report(folder).read_text()
     assert 'id="front-plot"' in page and 'id="hv-plot"' in page and "<script src=" not in page
     assert 'id="tradeoff-plot"' in page and '"type":"parcoords"' in page
     assert "Pareto front" in page and "baselines" in page and "carry (held-out)" in page
-
     study, info = load_study(folder)
+    assert page.count("<td>*</td>") == len(study.best_trials)
+    balanced = most_balanced(front_records(study, info), info)
+    assert main(["report", str(folder), "--rank", "balanced", "--limit", "1", "--out", str(tmp_path / "narrow.html")]) == 0
+    narrowed = (tmp_path / "narrow.html").read_text()
+    assert narrowed.count("<td>*</td>") == 1 and 'id="narrowing"' in narrowed
+    assert f"<td>{balanced['trial']}</td>" in narrowed.split("<table")[1].split("<td>*</td>")[0]
+
     best = study.best_trials[0]
     out = export_trial(folder, best.number, tmp_path / "export")
     card = (out / "README.md").read_text()
@@ -126,12 +133,12 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray):
     assert exported["recipe"] == best.user_attrs["recipe"]
 
 
-def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray):
+def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray, search_spec):
     from recycler.errors import RecyclerError
     from recycler.export import export_trial
     from recycler.verify import verify_export
 
-    spec = write_spec(tmp_path, trials=6)
+    spec = search_spec(trials=6)
     folder = tmp_path / "study"
     study = run_search(spec, folder, progress=False)
     trial = max(study.best_trials, key=lambda t: t.number)

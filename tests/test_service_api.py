@@ -4,27 +4,12 @@ exports give their manifest, cancel stops a study, and the queue survives a rest
 import json
 import time
 
-import yaml
 from fastapi.testclient import TestClient
 
-from recycler.cli import _print_front
-from recycler.demo.tiny import write_pool
+from recycler.cli import main
 from recycler.service import ServiceConfig, create_app
 from recycler.service.store import Store
-from tests.suites import write_suite
-
-TOKEN = "test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def pool_spec(root, trials=6, workers=2):
-    """A tiny pool with its suite under root, as the JSON spec mapping a client submits."""
-    spec = yaml.safe_load(write_pool(root, 3).read_text())
-    write_suite(root / "suite")
-    spec["suite"] = "suite/suite.yaml"
-    spec["search"] = {"space": "simplex", "trials": trials, "sampler": "RandomSampler", "seed": 1}
-    spec["resources"] = {"workers": workers}
-    return spec
+from tests.service_auth import AUTH, TOKEN
 
 
 def service(tmp_path, **overrides):
@@ -50,8 +35,8 @@ def wait_for(client, study_id, test, timeout=300):
     raise AssertionError(f"study {study_id} stuck: {summary}")
 
 
-def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, capsys):
-    spec = pool_spec(tmp_path / "pool", trials=6)
+def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, capsys, pool_spec):
+    spec = pool_spec(trials=6)
     with service(tmp_path) as client:
         first = submit(client, tmp_path, spec)
         second = submit(client, tmp_path, {**spec, "search": {**spec["search"], "trials": 5, "seed": 2}})
@@ -62,12 +47,14 @@ def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, caps
         assert [(s["id"], s["state"], s["finished"]) for s in listed] == [(first["id"], "done", 6), (second["id"], "done", 5)]
 
         front = client.get(f"/api/studies/{first['id']}/front", headers=AUTH).json()
-        _print_front(tmp_path / "data" / "studies" / first["id"], "json")
+        folder = str(tmp_path / "data" / "studies" / first["id"])
+        capsys.readouterr()
+        assert main(["front", folder, "--format", "json"]) == 0
         assert front == json.loads(capsys.readouterr().out)
         trials = client.get(f"/api/studies/{first['id']}/trials", headers=AUTH).json()
         assert len([t for t in trials["trials"] if t["trial"] is not None]) == 6 and front["trials"] == [t for t in trials["trials"] if t["on_front"] or t["baseline"]]
         narrowed = client.get(f"/api/studies/{first['id']}/front", params={"rank": "balanced", "limit": 1}, headers=AUTH).json()
-        _print_front(tmp_path / "data" / "studies" / first["id"], "json", preference="balanced", limit=1)
+        assert main(["front", folder, "--format", "json", "--rank", "balanced", "--limit", "1"]) == 0
         assert narrowed == json.loads(capsys.readouterr().out) and sum(t["on_front"] for t in narrowed["trials"]) == 1
         bad = client.get(f"/api/studies/{first['id']}/front", params={"where": "poetry>=1"}, headers=AUTH)
         assert bad.status_code == 422 and "unknown task 'poetry'" in bad.json()["detail"]
@@ -94,18 +81,18 @@ def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, caps
         assert bad["state"] == "failed" and "trial 99 is not in the study" in bad["error"]
 
 
-def test_run_search_stops_when_asked(tmp_path, local_ray):
+def test_run_search_stops_when_asked(tmp_path, local_ray, pool_spec):
     from recycler.search import finished_trials, run_search
     from recycler.spec import parse_spec
 
-    spec = parse_spec(pool_spec(tmp_path / "pool", trials=20), tmp_path / "pool", "spec")
+    spec = parse_spec(pool_spec(trials=20), tmp_path / "pool", "spec")
     asked = []
     study = run_search(spec, tmp_path / "study", progress=False, should_stop=lambda: len(asked) > 3 or asked.append(1))
     assert finished_trials(study) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
-def test_cancel_a_running_and_a_queued_study(tmp_path, local_ray):
-    spec = pool_spec(tmp_path / "pool", trials=60)
+def test_cancel_a_running_and_a_queued_study(tmp_path, local_ray, pool_spec):
+    spec = pool_spec(trials=60)
     with service(tmp_path) as client:
         running = submit(client, tmp_path, spec)
         queued = submit(client, tmp_path, spec)
@@ -118,8 +105,8 @@ def test_cancel_a_running_and_a_queued_study(tmp_path, local_ray):
         assert client.get("/api/studies/nosuch", headers=AUTH).status_code == 404
 
 
-def test_queue_and_studies_survive_a_restart(tmp_path, local_ray):
-    spec = pool_spec(tmp_path / "pool", trials=30)  # long enough that stopping the server finds it mid-study
+def test_queue_and_studies_survive_a_restart(tmp_path, local_ray, pool_spec):
+    spec = pool_spec(trials=30)  # long enough that stopping the server finds it mid-study
     with service(tmp_path, runner=False) as client:
         first = submit(client, tmp_path, spec)
         second = submit(client, tmp_path, {**spec, "search": {**spec["search"], "trials": 4}})

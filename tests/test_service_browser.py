@@ -1,24 +1,22 @@
 """The page in a real headless Chromium (Debian's) against a real server: the plotted points are
-the API's front and baselines, a click shows a trial, and the screenshot goes to docs/service.png."""
+the API's front and baselines, a click shows a trial, and the table narrows as the API does. (The
+README's screenshot is of the demo's front: scripts/screenshot_demo.py.)"""
 
 import shutil
 import socket
 import threading
 import time
-from pathlib import Path
-
 import httpx
 import pytest
 import uvicorn
 
 from recycler.report import point_key
 from recycler.service import ServiceConfig, create_app
-from tests.test_service_api import AUTH, TOKEN, pool_spec
+from tests.service_auth import AUTH, TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "service.png"
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
 
@@ -41,10 +39,10 @@ def server(tmp_path, local_ray):
     thread.join(120)
 
 
-def test_page_plots_the_api_front(server, tmp_path):
+def test_page_plots_the_api_front(server, tmp_path, pool_spec):
     from playwright.sync_api import sync_playwright
 
-    spec = pool_spec(tmp_path / "pool", trials=10)
+    spec = pool_spec(trials=10)
     study = httpx.post(f"{server}/api/studies", json={"spec": spec, "root": str(tmp_path / "pool")}, headers=AUTH).json()
     deadline = time.monotonic() + 90
     while httpx.get(f"{server}/api/studies/{study['id']}", headers=AUTH).json()["state"] != "done":
@@ -86,7 +84,21 @@ def test_page_plots_the_api_front(server, tmp_path):
             page.wait_for_selector("#detail-table")
             detail = page.inner_text("#detail")
             assert "held-out" in detail and "w:c0" in detail
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=False, type="png")
+
+            members = sorted(r["scores"][pick] for r in front["trials"] if r["on_front"])
+            bar = members[len(members) // 2]
+            narrowed = httpx.get(f"{server}/api/studies/{study['id']}/front", headers=AUTH,
+                                 params={"where": f"{pick}>={bar}", "rank": f"{sums}=1", "limit": 1}).json()
+            page.fill("#where", f"{pick}>={bar}")
+            page.fill("#rank", f"{sums}=1")
+            page.fill("#limit", "1")
+            page.click("#narrow-button")
+            page.wait_for_function("n => document.querySelectorAll('#front-table tr').length === n",
+                                   arg=1 + len(narrowed["trials"]))
+            first = page.inner_text("#front-table tr:nth-child(2) td:first-child")
+            assert first == str(narrowed["trials"][0]["trial"]) and narrowed["trials"][0]["on_front"]
+            page.fill("#where", "nosuchtask>=1")
+            page.click("#narrow-button")
+            page.wait_for_function("() => document.getElementById('error').textContent.includes('nosuchtask')")
         finally:
             browser.close()

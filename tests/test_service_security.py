@@ -9,14 +9,14 @@ from fastapi.testclient import TestClient
 from recycler.cli import build_parser
 from recycler.service import ServiceConfig, create_app
 from recycler.service.security import AllowedRoots, PathNotAllowed, load_token
-from tests.test_service_api import AUTH, TOKEN, pool_spec
+from tests.service_auth import AUTH, TOKEN
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
+def client(tmp_path, monkeypatch, pool_spec):
     """The API alone (no runner), with the pool's folder the only allowed root; reading a pool or
     a suite fails the test, so a refused request is shown to have read nothing."""
-    spec = pool_spec(tmp_path / "pool", trials=4)
+    spec = pool_spec(trials=4)
     (tmp_path / "outside").mkdir()
 
     def no_reading(*_args, **_kwargs):

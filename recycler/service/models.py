@@ -33,30 +33,6 @@ class StudySummary(BaseModel):
     updated: float
 
 
-class TrialEntry(BaseModel):
-    """One trial, with the same fields as an entry of `recycler front --format json`."""
-
-    trial: int | None = Field(description="trial number; null for a baseline scored beside the search")
-    baseline: bool
-    baseline_name: str | None
-    on_front: bool
-    beaten_by_front: bool | None = Field(default=None, description="baselines: whether a front member dominates it")
-    method: str
-    settings: dict[str, Any]
-    weights: dict[str, float]
-    scores: dict[str, float]
-    recipe: dict[str, Any]
-
-
-class FrontDocument(BaseModel):
-    """The same document as `recycler front --format json` prints."""
-
-    study: str
-    objectives: list[str]
-    held_out: list[str]
-    trials: list[TrialEntry]
-
-
 class HypervolumePoint(BaseModel):
     trial: int
     hypervolume: float

@@ -82,6 +82,17 @@ function showTrial(k) {
   };
   box.append(table, el('p'), out, button, status);
 }
+function narrowing() {
+  const params = new URLSearchParams();
+  for (const c of document.getElementById('where').value.split(',')) if (c.trim()) params.append('where', c.trim());
+  const rank = document.getElementById('rank').value.trim(); if (rank) params.set('rank', rank);
+  const limit = document.getElementById('limit').value.trim(); if (limit) params.set('limit', limit);
+  return params.toString();
+}
+async function showFront() {
+  const query = narrowing();
+  frontTable(query ? await api('/studies/' + STUDY + '/front?' + query) : trialsDoc);
+}
 function frontTable(doc) {
   const head = el('tr'); const cols = ['trial', 'kind'];
   const weights = Object.keys((doc.trials[0] || {weights: {}}).weights);
@@ -106,7 +117,7 @@ async function refresh() {
       if (first) plot.on('plotly_click', ev => showTrial(ev.points[0].customdata));
       await Plotly.react('tradeoff-plot', plots.tradeoffs.data, plots.tradeoffs.layout);
       await Plotly.react('hv-plot', plots.hypervolume.data, plots.hypervolume.layout);
-      frontTable(doc);
+      await showFront();
       document.body.dataset.finished = String(s.finished);
     }
     document.body.dataset.state = s.state;
@@ -114,6 +125,10 @@ async function refresh() {
     document.getElementById('error').textContent = '';
   } catch (e) { showError(e); }
 }
+document.getElementById('narrow').onsubmit = async ev => {
+  ev.preventDefault();
+  try { await showFront(); document.getElementById('error').textContent = ''; } catch (e) { showError(e); }
+};
 const timer = setInterval(refresh, 3000); refresh();
 """
 
@@ -137,7 +152,11 @@ def study_html(study_id: str) -> str:
 <div class="grid"><div id="front-plot"></div><div id="detail" class="muted">Click a point to see its weights and scores and export it.</div></div>
 <div id="tradeoff-plot"></div>
 <div id="hv-plot"></div>
-<h2>Front and baselines: held-in beside held-out scores</h2><table id="front-table"></table>"""
+<h2>Front and baselines: held-in beside held-out scores</h2>
+<form id="narrow">Keep front members meeting <input id="where" size="28" placeholder="reverse>=0.9, sums>=0.5">
+ranked by <input id="rank" size="22" placeholder="balanced or sums=2,pick=1"> at most <input id="limit" type="number" min="1" size="4">
+<button id="narrow-button">Apply</button></form>
+<table id="front-table"></table>"""
     literal = json.dumps(study_id).replace("<", "\\u003c")
     return _document(f"recycler study {study_id}", body, f"const STUDY = {literal};\n{_STUDY_SCRIPT}", plotly=True)
 

@@ -55,7 +55,7 @@ class Runner:
                 self._wake[kind].clear()
 
     def _init_ray(self) -> None:
-        from recycler.search import connect_ray
+        from recycler.cluster import connect_ray
 
         connect_ray(self.address)
 

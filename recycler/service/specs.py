@@ -7,14 +7,10 @@ from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any
 
+from recycler.references import is_file_reference
 from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec
-
-
-def _is_path(ref: str) -> bool:
-    """The spec's own rule: a suite or space given as a file rather than a name."""
-    return ref.endswith((".yaml", ".yml")) or "/" in ref
 
 
 def _raw_paths(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -46,10 +42,10 @@ def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
         refs.append(("base.path", spec.base.path))
     for where, path in refs:
         roots.check(path, where)
-    if _is_path(spec.search.space):
+    if is_file_reference(spec.search.space):
         roots.check(spec.search.space, "search.space")
     suite = spec.suite
-    if isinstance(suite, str) and _is_path(suite):
+    if isinstance(suite, str) and is_file_reference(suite):
         roots.check(suite, "suite")
         suite = load_suite(suite).spec
     if isinstance(suite, SuiteSpec) and suite.task_dir is not None:

@@ -1,0 +1,173 @@
+"""What a study stores, in one schema: the search writes it, the front, exports and the service read it.
+
+Optuna keeps recycler's facts as user attributes, free-form JSON by string key. Every key is named
+here and nowhere else; the rest of the package reads a trial as a `StoredTrial`, a baseline scored
+beside the trials as a `SideBaseline`, and a row of the front as a `FrontEntry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import Field
+from typing_extensions import TypedDict
+
+from recycler.recipes import LinearRecipe, MergeRecipe
+
+# Keys of trial user attributes.
+_RECIPE = "recipe"  # the candidate's recipe as JSON, recorded once its parameters are drawn
+_WEIGHTS = "weights"  # each checkpoint's weight (readable in optuna-dashboard; the recipe alone in older studies)
+_RELATIVE = "relative"  # older studies: linear weights over task vectors
+_SCORES = "scores"  # every task's score, held-in and held-out
+_BASELINE = "baseline"  # the label of a baseline the search space expresses
+_RETRY_OF = "retry_of"  # the trial this one repeats
+_ATTEMPT = "attempt"  # 1 for a first try
+_ERROR = "error"  # why the trial failed for good
+_TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
+# Key of a study user attribute: a baseline the space cannot express, scored beside the trials.
+_SIDE_BASELINE = "baseline:"
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """One trial as recycler recorded it."""
+
+    number: int
+    state: TrialState
+    values: list[float] | None
+    params: dict[str, Any]
+    recipe: dict[str, Any] | None  # None: stopped before its parameters were drawn
+    scores: dict[str, float] | None
+    baseline: str | None
+    error: str | None
+    attempt: int
+    retry_of: int | None
+    seconds: dict[str, float]  # merge, forward and whole-trial time, by key
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> StoredTrial:
+        return cls._read(trial.number, trial.state, trial.values, trial.params, trial.user_attrs)
+
+    @classmethod
+    def running(cls, trial: optuna.Trial) -> StoredTrial:
+        """A trial a worker is scoring now."""
+        return cls._read(trial.number, TrialState.RUNNING, None, trial.params, trial.user_attrs)
+
+    @classmethod
+    def _read(cls, number: int, state: TrialState, values: list[float] | None, params: dict[str, Any],
+              attrs: dict[str, Any]) -> StoredTrial:
+        return cls(
+            number=number,
+            state=state,
+            values=values,
+            params=params,
+            recipe=_recipe(attrs),
+            scores=attrs.get(_SCORES),
+            baseline=attrs.get(_BASELINE),
+            error=attrs.get(_ERROR),
+            attempt=int(attrs.get(_ATTEMPT, 1)),
+            retry_of=attrs.get(_RETRY_OF),
+            seconds={key: attrs[key] for key in _TIMING if key in attrs},
+        )
+
+    @property
+    def complete(self) -> bool:
+        return self.state == TrialState.COMPLETE
+
+
+def _recipe(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe recorded; studies written before recipes were recorded hold linear weights."""
+    if _RECIPE in attrs:
+        return attrs[_RECIPE]
+    if _WEIGHTS in attrs:
+        return LinearRecipe(attrs[_WEIGHTS], relative=attrs.get(_RELATIVE, False)).to_json()
+    return None
+
+
+def stored_trials(study: optuna.Study, *, complete_only: bool = False) -> list[StoredTrial]:
+    states = (TrialState.COMPLETE,) if complete_only else None
+    return [StoredTrial.of(t) for t in study.get_trials(deepcopy=False, states=states)]
+
+
+def queue_baseline(study: optuna.Study, params: dict[str, Any], label: str) -> None:
+    """A baseline the space expresses, run as one of the first trials."""
+    study.enqueue_trial(params, user_attrs={_BASELINE: label})
+
+
+def queue_again(study: optuna.Study, trial: StoredTrial, *, attempt: int) -> None:
+    """Queue a trial's parameters again as a new trial that remembers what it repeats."""
+    attrs: dict[str, Any] = {_RETRY_OF: trial.number, _ATTEMPT: attempt}
+    if trial.baseline is not None:
+        attrs[_BASELINE] = trial.baseline
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def record_candidate(trial: optuna.Trial, recipe: MergeRecipe) -> None:
+    trial.set_user_attr(_RECIPE, recipe.to_json())
+    trial.set_user_attr(_WEIGHTS, recipe.checkpoint_weights())
+
+
+def record_scores(trial: optuna.Trial, result: dict[str, Any]) -> None:
+    """A worker's result: every task's score, and the seconds spent merging, in forward passes, and in all."""
+    trial.set_user_attr(_SCORES, result["scores"])
+    for key in _TIMING:
+        trial.set_user_attr(key, result[key])
+
+
+def record_error(trial: optuna.Trial, error: str) -> None:
+    trial.set_user_attr(_ERROR, error)
+
+
+@dataclass(frozen=True)
+class SideBaseline:
+    """A baseline the search space cannot express, scored beside the trials: scores, or the error."""
+
+    label: str
+    recipe: dict[str, Any]
+    scores: dict[str, float] | None = None
+    error: str | None = None
+
+
+def side_baselines(study: optuna.Study) -> dict[str, SideBaseline]:
+    """Baselines scored beside the trials, by label."""
+    return {
+        key[len(_SIDE_BASELINE):]: SideBaseline(label=key[len(_SIDE_BASELINE):], **value)
+        for key, value in study.user_attrs.items()
+        if key.startswith(_SIDE_BASELINE)
+    }
+
+
+def record_side_baseline(study: optuna.Study, baseline: SideBaseline) -> None:
+    entry: dict[str, Any] = {"recipe": baseline.recipe}
+    if baseline.error is not None:
+        entry["error"] = baseline.error
+    else:
+        entry["scores"] = baseline.scores
+    study.set_user_attr(_SIDE_BASELINE + baseline.label, entry)
+
+
+class FrontEntry(TypedDict):
+    """A trial or side baseline as the front shows it: `recycler front --format json`, the report, the API."""
+
+    trial: Annotated[int | None, Field(description="trial number; null for a baseline scored beside the search")]
+    baseline: bool
+    baseline_name: str | None
+    on_front: bool
+    beaten_by_front: Annotated[bool | None, Field(description="baselines: whether a front member dominates it")]
+    method: str
+    settings: dict[str, Any]
+    weights: dict[str, float]
+    scores: dict[str, float]
+    recipe: dict[str, Any]
+
+
+class FrontDocument(TypedDict):
+    """The document `recycler front --format json` prints and the API returns."""
+
+    study: str
+    objectives: list[str]
+    held_out: list[str]
+    trials: list[FrontEntry]

@@ -1,0 +1,186 @@
+"""The /api routes. Each reads the service's parts (store, allowed roots, runner) from the app, so
+the routes are plain functions and one app's state never leaks into another's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from recycler.records import FrontDocument
+from recycler.service.models import (
+    ExportRequest,
+    ExportStatus,
+    HypervolumePoint,
+    Plots,
+    StudySummary,
+    SubmitStudy,
+)
+from recycler.service.runner import Runner
+from recycler.service.security import AllowedRoots, token_matches
+from recycler.service.specs import check_spec_paths, refuse_parent_parts
+from recycler.service.store import ExportRow, Store, StudyRow
+from recycler.spec import parse_spec
+from recycler.study import is_study_folder
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the routes work with; kept on `app.state.service`."""
+
+    store: Store
+    roots: AllowedRoots
+    runner: Runner
+    token: str
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _require_token(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
+    if not token_matches(request.headers.get("authorization"), service.token):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+router = APIRouter(prefix="/api", dependencies=[Depends(_require_token)])
+
+
+def _study_row(service: Service, study_id: str) -> StudyRow:
+    row = service.store.study(study_id)
+    if row is None:
+        raise HTTPException(404, f"no study '{study_id}'")
+    return row
+
+
+def _started(service: Service, study_id: str) -> Path:
+    """The folder of a study that has begun running; 409 before that."""
+    row = _study_row(service, study_id)
+    folder = service.store.study_folder(row.id)
+    if not is_study_folder(folder):
+        raise HTTPException(409, f"study '{row.id}' has not started ({row.state}{': ' + row.error if row.error else ''})")
+    return folder
+
+
+@router.post("/studies", status_code=201, response_model=StudySummary)
+def submit_study(body: SubmitStudy, service: ServiceDep) -> StudySummary:
+    """Validate the spec and queue the study; paths outside the allowed roots are refused before any is read."""
+    root = service.roots.check(body.root or service.roots.roots[0], "root")
+    refuse_parent_parts(body.spec)
+    spec = parse_spec(body.spec, root, "spec")
+    check_spec_paths(spec, service.roots)
+    row = service.store.add_study(spec.name, spec.model_dump_json(), spec.search.trials)
+    service.runner.wake("studies")
+    return _summary(service.store, row)
+
+
+@router.get("/studies", response_model=list[StudySummary])
+def list_studies(service: ServiceDep) -> list[StudySummary]:
+    return [_summary(service.store, row) for row in service.store.studies()]
+
+
+@router.get("/studies/{study_id}", response_model=StudySummary)
+def get_study(study_id: str, service: ServiceDep) -> StudySummary:
+    return _summary(service.store, _study_row(service, study_id))
+
+
+@router.post("/studies/{study_id}/cancel", response_model=StudySummary)
+def cancel_study(study_id: str, service: ServiceDep) -> StudySummary:
+    """A queued study is cancelled at once; a running one after its trials in flight."""
+    service.store.request_cancel(_study_row(service, study_id).id)
+    return _summary(service.store, _study_row(service, study_id))
+
+
+@router.get("/studies/{study_id}/front", response_model=FrontDocument)
+def get_front(study_id: str, service: ServiceDep, where: list[str] = Query(default=[]), rank: str | None = None,
+              limit: int | None = None) -> FrontDocument:
+    """The Pareto front and the baselines: `recycler front --format json`, narrowed as
+    `--where` (repeatable), `--rank` and `--limit` narrow it."""
+    return _front_document(_started(service, study_id), include_all=False, where=where, preference=rank, limit=limit)
+
+
+@router.get("/studies/{study_id}/trials", response_model=FrontDocument)
+def get_trials(study_id: str, service: ServiceDep) -> FrontDocument:
+    """Every completed trial: `recycler front --format json --all`."""
+    return _front_document(_started(service, study_id), include_all=True)
+
+
+@router.get("/studies/{study_id}/hypervolume", response_model=list[HypervolumePoint])
+def get_hypervolume(study_id: str, service: ServiceDep) -> list[HypervolumePoint]:
+    from recycler.front import hypervolume_history
+    from recycler.study import load_study
+
+    study, info = load_study(_started(service, study_id))
+    return [HypervolumePoint(trial=n, hypervolume=v) for n, v in hypervolume_history(study, info)]
+
+
+@router.get("/studies/{study_id}/plots", response_model=Plots)
+def get_plots(study_id: str, service: ServiceDep) -> Plots:
+    from recycler.front import front_records, hypervolume_history
+    from recycler.report import front_figure, hypervolume_figure, tradeoff_figure
+    from recycler.study import load_study
+
+    study, info = load_study(_started(service, study_id))
+    records = front_records(study, info, include_all=True)
+    front = front_figure(records, info.objectives)
+    tradeoffs = tradeoff_figure(records, info.objectives, info.held_out)
+    history = hypervolume_figure(hypervolume_history(study, info))
+    return Plots(front=json.loads(front.to_json()), tradeoffs=json.loads(tradeoffs.to_json()),
+                 hypervolume=json.loads(history.to_json()))
+
+
+@router.post("/studies/{study_id}/exports", status_code=202, response_model=ExportStatus)
+def start_export(study_id: str, body: ExportRequest, service: ServiceDep) -> ExportStatus:
+    """Queue an export of one completed trial; poll it for its manifest."""
+    from recycler.export import check_export_target
+
+    out = service.roots.check(body.out, "out")
+    _started(service, study_id)
+    check_export_target(out, overwrite=False)
+    export = service.store.add_export(study_id, body.trial, str(out))
+    service.runner.wake("exports")
+    return _export_status(export)
+
+
+@router.get("/studies/{study_id}/exports/{export_id}", response_model=ExportStatus)
+def get_export(study_id: str, export_id: str, service: ServiceDep) -> ExportStatus:
+    export = service.store.export(export_id)
+    if export is None or export.study_id != study_id:
+        raise HTTPException(404, f"no export '{export_id}' of study '{study_id}'")
+    return _export_status(export)
+
+
+def _summary(store: Store, row: StudyRow) -> StudySummary:
+    from recycler.search import finished_trials
+    from recycler.study import load_study
+
+    finished = 0
+    folder = store.study_folder(row.id)
+    if is_study_folder(folder):
+        study, _ = load_study(folder)
+        finished = finished_trials(study)
+    return StudySummary(id=row.id, name=row.name, state=row.state, finished=finished, budget=row.budget,
+                        error=row.error, created=row.created, updated=row.updated)
+
+
+def _front_document(folder: Path, include_all: bool, **narrowing: Any) -> FrontDocument:
+    from recycler.front import front_document, front_records
+    from recycler.selection import narrow
+    from recycler.study import load_study
+
+    study, info = load_study(folder)
+    return front_document(info, narrow(front_records(study, info, include_all=include_all), info, **narrowing))
+
+
+def _export_status(row: ExportRow) -> ExportStatus:
+    from recycler.export import MANIFEST_FILE
+
+    manifest = None
+    if row.state == "done":
+        manifest = json.loads((Path(row.out) / MANIFEST_FILE).read_text())
+    return ExportStatus(id=row.id, study_id=row.study_id, trial=row.trial, out=row.out, state=row.state,
+                        error=row.error, manifest=manifest)

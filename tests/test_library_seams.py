@@ -1,0 +1,53 @@
+"""Pins the private library APIs recycler wraps in recycler/library_seams.py: a failure here means
+an lm-eval or Optuna upgrade moved or changed one, and that module must follow it."""
+
+import importlib
+
+import lm_eval
+import numpy as np
+import optuna
+import pytest
+
+from recycler.library_seams import compute_hypervolume, load_task_yaml
+
+PRIVATE = [("lm_eval.tasks._yaml_loader", "load_yaml", lm_eval), ("optuna._hypervolume", "compute_hypervolume", optuna)]
+
+
+@pytest.mark.parametrize("module, name, library", PRIVATE)
+def test_private_apis_still_exist(module, name, library):
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        pytest.fail(f"{library.__name__} {library.__version__} no longer has {module}.{name} ({error}); "
+                    "update recycler/library_seams.py")
+    assert callable(found)
+
+
+def test_task_yaml_merges_includes_and_imports_functions(tmp_path):
+    (tmp_path / "helpers.py").write_text("def keep(docs):\n    return ['kept', *docs]\n")
+    (tmp_path / "_base.yaml").write_text("dataset_path: json\noutput_type: loglikelihood\n"
+                                         "process_docs: !function helpers.keep\n")
+    (tmp_path / "task.yaml").write_text("include: _base.yaml\ntask: t\noutput_type: multiple_choice\n")
+    config = load_task_yaml(tmp_path / "task.yaml")
+    message = f"lm-eval {lm_eval.__version__} reads task YAMLs differently: {config}; update recycler/library_seams.py"
+    assert set(config) == {"dataset_path", "output_type", "process_docs", "task"}, message
+    assert (config["task"], config["dataset_path"], config["output_type"]) == ("t", "json", "multiple_choice"), message
+    assert config["process_docs"](["doc"]) == ["kept", "doc"], message
+
+
+# (points as losses, reference, hypervolume by hand)
+KNOWN = {
+    "2-D staircase: 3 + 2 + 1": ([[1, 3], [2, 2], [3, 1]], [4, 4], 6.0),
+    "2-D, a dominated point adds nothing": ([[1, 3], [2, 2], [3, 1], [3, 3]], [4, 4], 6.0),
+    "3-D box 1·2·3": ([[0, 0, 0]], [1, 2, 3], 6.0),
+    "3-D three 2·1·1 boxes: 6 - 3 overlaps + 1 common": ([[0, 1, 1], [1, 0, 1], [1, 1, 0]], [2, 2, 2], 4.0),
+}
+
+
+@pytest.mark.parametrize("case", KNOWN)
+def test_hypervolume_of_known_cases(case):
+    points, reference, expected = KNOWN[case]
+    got = compute_hypervolume(np.array(points, dtype=float), np.array(reference, dtype=float))
+    assert got == pytest.approx(expected), (
+        f"optuna {optuna.__version__}: hypervolume of {case} is {got}, not {expected}; update recycler/library_seams.py"
+    )
