@@ -76,27 +76,34 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: list[str] = (), preference: str | None = None,
-                 limit: int | None = None, wide: bool = False) -> None:
+                 limit: int | None = None, wide: bool = False, examples: int | None = None, beside: str | None = None) -> None:
     import json
 
+    from recycler.compare import examples_text, with_examples
     from recycler.front import front_document, front_records, front_table
     from recycler.selection import narrow
     from recycler.study import load_study
 
+    if examples is not None and fmt == "csv":
+        raise RecyclerError("--examples: with --format table or json (a CSV holds one table)")
     study, info = load_study(folder)
     records = narrow(front_records(study, info, include_all=include_all), info, where=where, preference=preference,
                      limit=limit, front_only=not include_all)
+    records = with_examples(folder, records, info, examples, beside)
     if fmt == "json":
         print(json.dumps(front_document(info, records), indent=2))
     elif fmt == "csv":
         print(front_table(records, info, wide=True).to_csv(index=False), end="")
     else:
         print(front_table(records, info, wide=wide).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        for record in records:
+            if "examples" in record:
+                print(examples_text(record))
 
 
 def _cmd_front(args: argparse.Namespace) -> None:
     _print_front(Path(args.study), args.format, args.all, where=args.where, preference=args.rank, limit=args.limit,
-                 wide=args.wide)
+                 wide=args.wide, examples=args.examples, beside=args.beside)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -209,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--all", action="store_true", help="every completed trial, not just the front and baselines")
     _selection_arguments(front)
     front.add_argument("--wide", action="store_true", help="every checkpoint's weight and the method's settings, not the top three weights")
+    front.add_argument("--examples", type=int, metavar="N",
+                       help="each merge shown with up to N answers per generation task beside a baseline's, those that differ first")
+    front.add_argument("--beside", metavar="BASELINE",
+                       help="the baseline the examples are read against (default: the most balanced baseline that kept them)")
     front.set_defaults(handler=_cmd_front)
 
     export = commands.add_parser("export", help="export one trial (or baseline) of a study as an HF checkpoint")

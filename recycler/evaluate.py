@@ -21,11 +21,15 @@ from recycler.suite import Suite
 
 class _TokenizeOnceHFLM(HFLM):
     """lm-eval's HFLM, remembering each request's tokenization: a search scores the same requests
-    for every candidate, and tokenizing them again was a sixth of a trial on the demo pool."""
+    for every candidate, and tokenizing them again was a sixth of a trial on the demo pool.
+    Loglikelihood requests are tokenized in `_encode_pair`; generation requests in `tok_encode`
+    (to sort them by length) and `tok_batch_encode` (each batch, padded on the left)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        self._encoded: dict[tuple[Any, ...], list[int]] = {}
+        self._batches: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         key = (context, continuation)
@@ -33,15 +37,41 @@ class _TokenizeOnceHFLM(HFLM):
             self._pairs[key] = super()._encode_pair(context, continuation)
         return self._pairs[key]
 
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs: Any) -> list[int]:
+        key = (string, add_special_tokens, left_truncate_len, tuple(sorted(kwargs.items())))
+        if key not in self._encoded:
+            self._encoded[key] = super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        return self._encoded[key]
+
+    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
+                         truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(strings), padding_side, left_truncate_len, truncation)
+        if key not in self._batches:
+            self._batches[key] = super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
+        return self._batches[key]
+
+
+@dataclass(frozen=True)
+class TaskExamples:
+    """Per example, in the suite's example order: the metric's value and, for generation tasks,
+    the answer after the task's filters (what the metric compared)."""
+
+    scores: list[float]
+    answers: list[str] | None = None
+
+    def to_json(self) -> dict[str, list]:
+        return {"scores": self.scores, **({"answers": self.answers} if self.answers is not None else {})}
+
 
 @dataclass(frozen=True)
 class SuiteScores:
-    """A score per task, and where the time went."""
+    """A score per task, each example's result, and where the time went."""
 
     scores: dict[str, float]
+    examples: dict[str, TaskExamples]
     forward_seconds: float
     total_seconds: float
-
 
 
 class _ForwardTimer:
@@ -71,6 +101,7 @@ class Scorer:
     """Scores whatever weights the model holds right now, on one suite."""
 
     def __init__(self, suite: Suite, model: torch.nn.Module, tokenizer: Any) -> None:
+        suite.check_tokenizer(tokenizer, tokenizer.name_or_path or "the model")
         self.suite = suite
         self.tasks = suite.build_tasks()
         self.lm = _TokenizeOnceHFLM(
@@ -82,9 +113,17 @@ class Scorer:
         )
         self._timer = _ForwardTimer(model)
         self._requests: dict[str, list[Any]] = defaultdict(list)
+        chat = suite.spec.apply_chat_template
         for spec in suite.tasks:
             task = self.tasks[spec.task]
-            task.build_all_requests(limit=suite.limit(spec), rank=0, world_size=1)
+            task.build_all_requests(  # as lm-eval's own evaluate() builds them
+                limit=suite.limit(spec), rank=0, world_size=1,
+                system_instruction=suite.spec.system_instruction,
+                apply_chat_template=chat,
+                fewshot_as_multiturn=suite.spec.fewshot_as_multiturn,
+                chat_template=self.lm.apply_chat_template if chat else None,
+                tokenizer_name=self.lm.tokenizer_name if chat else "",
+            )
             for instance in task.instances:
                 self._requests[instance.request_type].append(instance)
 
@@ -101,14 +140,16 @@ class Scorer:
             responses = getattr(self.lm, request_type)(repeated, disable_tqdm=True)
             for response, instance in zip(responses, repeated, strict=True):
                 instance.resps.append(response)
-        scores = {spec.task: self._aggregate(spec.task, spec.metric, self.suite.limit(spec)) for spec in self.suite.tasks}
+        results = {spec.task: self._aggregate(spec.task, spec.metric, self.suite.limit(spec)) for spec in self.suite.tasks}
         return SuiteScores(
-            scores=scores,
+            scores={task: score for task, (score, _) in results.items()},
+            examples={task: examples for task, (_, examples) in results.items()},
             forward_seconds=self._timer.seconds - forward_before,
             total_seconds=time.perf_counter() - started,
         )
 
-    def _aggregate(self, name: str, metric: str, limit: int | None) -> float:
+    def _aggregate(self, name: str, metric: str, limit: int | None) -> tuple[float, TaskExamples]:
+        """The task's score as lm-eval aggregates it, and each example's value of the metric."""
         task = self.tasks[name]
         task.apply_filters()
         metric, _, filter_key = metric.partition(",")
@@ -116,8 +157,12 @@ class Scorer:
         by_doc: dict[int, list[Any]] = defaultdict(list)
         for instance in task.instances:
             by_doc[instance.doc_id].append(instance)
-        values = []
+        values, answers = [], []
         for doc_id, doc in task.doc_iterator(rank=0, limit=limit, world_size=1):
             requests = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
-            values.append(task.process_results(doc, [r.filtered_resps[filter_key] for r in requests])[metric])
-        return float(task.aggregation()[metric](values))
+            filtered = [r.filtered_resps[filter_key] for r in requests]
+            values.append(task.process_results(doc, filtered)[metric])
+            answers.append(filtered[0] if isinstance(filtered[0], str) else str(filtered[0]))
+        generated = task.get_config("output_type") == "generate_until"
+        examples = TaskExamples([float(v) for v in values], answers if generated else None)
+        return float(task.aggregation()[metric](values)), examples

@@ -2,13 +2,15 @@
 
 Optuna keeps recycler's facts as user attributes, free-form JSON by string key. Every key is named
 here and nowhere else; the rest of the package reads a trial as a `StoredTrial`, a baseline scored
-beside the trials as a `SideBaseline`, and a row of the front as a `FrontEntry`.
+beside the trials as a `SideBaseline`, and a row of the front as a `FrontEntry` (with, when asked,
+its example answers beside a baseline's, an `ExampleComparison`). Per-example results are files in
+the study folder, not attributes (recycler/examples.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -149,6 +151,34 @@ def record_side_baseline(study: optuna.Study, baseline: SideBaseline) -> None:
     study.set_user_attr(_SIDE_BASELINE + baseline.label, entry)
 
 
+class ExampleRow(TypedDict):
+    """One example of a generation task: the candidate's answer beside the baseline's."""
+
+    index: Annotated[int, Field(description="the example's position in the task (the suite's order)")]
+    prompt: str
+    target: str
+    answer: Annotated[str, Field(description="the candidate's answer after the task's filters (what the metric compared)")]
+    score: float
+    beside_answer: str | None
+    beside_score: float | None
+
+
+class TaskComparison(TypedDict):
+    """A few examples of one generation task, those where the two answers differ first."""
+
+    total: Annotated[int, Field(description="examples the task scored")]
+    differ: Annotated[int | None, Field(description="examples where the candidate's answer differs from the baseline's")]
+    examples: list[ExampleRow]
+
+
+class ExampleComparison(TypedDict):
+    """A candidate's example answers beside a baseline's, by generation task."""
+
+    beside: Annotated[str | None, Field(description="the baseline compared against; null when no baseline kept its examples")]
+    kept: Annotated[bool, Field(description="whether the study kept this candidate's per-example results (older studies did not)")]
+    tasks: dict[str, TaskComparison]
+
+
 class FrontEntry(TypedDict):
     """A trial or side baseline as the front shows it: `recycler front --format json`, the report, the API."""
 
@@ -162,6 +192,7 @@ class FrontEntry(TypedDict):
     weights: dict[str, float]
     scores: dict[str, float]
     recipe: dict[str, Any]
+    examples: NotRequired[Annotated[ExampleComparison, Field(description="merges and front members, when asked (`--examples N`)")]]
 
 
 class FrontDocument(TypedDict):

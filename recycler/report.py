@@ -1,6 +1,6 @@
 """A self-contained HTML report of a study: the front with its baselines, hypervolume by trial,
-and each front member's weights with held-in and held-out scores. Plotly's JavaScript is inlined,
-so the file works offline."""
+each front member's weights with held-in and held-out scores, and a few example answers of one
+front member beside a baseline's. Plotly's JavaScript is inlined, so the file works offline."""
 
 from __future__ import annotations
 
@@ -11,10 +11,19 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from recycler.compare import candidate_name, compare, default_beside
 from recycler.files import write_text_atomic
-from recycler.front import front_records, front_table, hypervolume_history
+from recycler.front import (
+    front_records,
+    front_table,
+    hypervolume_history,
+    most_balanced,
+)
+from recycler.records import FrontEntry
 from recycler.selection import narrow
-from recycler.study import load_study
+from recycler.study import StudyInfo, load_study
+
+EXAMPLES_SHOWN = 3  # answers per generation task in the report
 
 _STYLE = {
     "merge": dict(color="#9aa5b1", size=7, symbol="circle"),
@@ -110,7 +119,9 @@ def render_report(study_dir: Path, *, where: list[str] = (), preference: str | N
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recycler: {html.escape(info.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table.front{{border-collapse:collapse;font-size:13px}}
-table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head>
+table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}
+table.examples{{border-collapse:collapse;font-size:13px}} table.examples td,table.examples th{{padding:3px 8px;border-bottom:1px solid #ddd;vertical-align:top}}
+td.text{{white-space:pre-wrap;font-family:monospace;max-width:32em}}</style></head>
 <body><h1>Study {html.escape(info.name)}</h1>
 <p>Pool fingerprint <code>{info.fingerprint[:16]}</code>; {len(records)} completed trials; objectives (held-in):
 {", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.</p>
@@ -121,8 +132,43 @@ table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text
 <h2>Front members and baselines</h2>
 <p>Weights per checkpoint (<code>w:</code>), held-in scores, and held-out scores (never optimized). <code>*</code> marks the front.</p>
 {table}
+{_examples_section(study_dir, records, shown, info, preference)}
 </body></html>
 """
+
+
+def _examples_section(study_dir: Path, records: list[FrontEntry], shown: list[FrontEntry], info: StudyInfo,
+                      preference: str | None) -> str:
+    """A few answers per generation task of one front member (the first by the preference, else the
+    most balanced) beside the best other baseline's; nothing for a study that kept no examples."""
+    members = [r for r in shown if r["on_front"]]
+    if not members:
+        return ""
+    chosen = members[0] if preference else most_balanced(members, info)
+    beside = default_beside(study_dir, records, info, chosen)
+    comparison = compare(study_dir, records, chosen, beside, EXAMPLES_SHOWN)
+    if not comparison["tasks"]:
+        return ""
+    name = candidate_name(chosen)
+    why = f"the first ranked by {html.escape(preference)}" if preference else "the most balanced front member"
+    against = f"baseline {html.escape(beside)}" if beside else "no baseline (none kept its examples)"
+    parts = [(f'<h2 id="examples">Example answers</h2>\n<p>{html.escape(name)}, {why}, beside {against}: '
+              f"up to {EXAMPLES_SHOWN} examples per generation task, those where the answers differ first. Each "
+              "answer is what the metric compared (after the task's filters), with its score.</p>")]
+    for task, comparison_task in comparison["tasks"].items():
+        paired = comparison_task["differ"] is not None
+        title = html.escape(task) + (f": {comparison_task['differ']} of {comparison_task['total']} answers differ" if paired else "")
+        columns = ["#", "prompt", "target", name] + ([beside] if paired else [])
+        rows = []
+        for row in comparison_task["examples"]:
+            cells = [str(row["index"]), html.escape(row["prompt"]), html.escape(row["target"]),
+                     f"{html.escape(row['answer'])} ({row['score']:.3g})"]
+            if paired:
+                cells.append(f"{html.escape(row['beside_answer'])} ({row['beside_score']:.3g})")
+            rows.append("<tr>" + "".join(f'<td class="text">{cell}</td>' for cell in cells) + "</tr>")
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        parts.append(f'<h3>{title}</h3>\n<table class="examples"><tr>{head}</tr>{"".join(rows)}</table>')
+    return "\n".join(parts)
 
 
 def _narrowing_note(where: list[str], preference: str | None, limit: int | None) -> str:

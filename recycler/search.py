@@ -5,7 +5,8 @@ defaults) are scored first, so every front is read against them: those the searc
 express are its first trials, the others are recorded on the study beside the trials. As many
 trials are in flight as there are workers; a new one is asked for the moment a worker frees up.
 Every finished trial is in Optuna storage at once, so a killed search resumes where it stopped and
-never re-runs a finished trial.
+never re-runs a finished trial. Each scored candidate's per-example results go to the study folder
+(recycler/examples.py) before the candidate is recorded, so every completed trial has them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from transformers import AutoTokenizer
 
 from recycler.baselines import baseline_recipes
 from recycler.cluster import Finished, WorkerPool, worker_device
 from recycler.errors import RecyclerError
+from recycler.examples import prompts_kept, write_prompts, write_results
 from recycler.front import FrontTracker, reference_point
 from recycler.merge import keep_resident
 from recycler.pool import load_pool
@@ -42,7 +45,7 @@ from recycler.records import (
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
-from recycler.suite import load_suite
+from recycler.suite import Suite, load_suite
 
 DEFAULT_SAMPLER = "TPESampler"
 
@@ -59,10 +62,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return cls()
 
 
-def _objectives(spec: PoolSpec) -> tuple[list[str], list[str], list[str]]:
+def _objectives(spec: PoolSpec, suite: Suite, tasks: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """Objective names, their directions (from lm-eval's higher_is_better), and held-out tasks."""
-    suite = load_suite(spec.suite)
-    tasks = suite.build_tasks()
     objectives = list(spec.objectives or suite.held_in)
     for name in objectives:
         if name not in suite.held_in:
@@ -74,19 +75,24 @@ def _objectives(spec: PoolSpec) -> tuple[list[str], list[str], list[str]]:
 
 @dataclass(frozen=True)
 class PreparedStudy:
-    """A study ready to run: its storage, what it searches, and the side baselines still to score."""
+    """A study ready to run: its storage and folder, what it searches, and the side baselines still to score."""
 
     study: optuna.Study
+    folder: Path
     info: StudyInfo
     space: SearchSpace
     side_baselines: dict[str, MergeRecipe]  # baselines the space cannot express, not scored yet
 
 
 def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> PreparedStudy:
-    """Validate everything, then create the study folder or check that it belongs to this pool."""
+    """Validate everything, then create the study folder or check that it belongs to this pool; a
+    study folder without the suite's prompts (new, or from before they were kept) gets them."""
     pool = load_pool(spec)
     space = load_space(spec.search.space, pool.names, layers=layer_count(pool.tensor_names))
-    objectives, directions, held_out = _objectives(spec)
+    suite = load_suite(spec.suite)
+    suite.check_tokenizer(AutoTokenizer.from_pretrained(str(pool.reference.path)), pool.reference.name)
+    tasks = suite.build_tasks()
+    objectives, directions, held_out = _objectives(spec, suite, tasks)
     make_sampler(spec.search.sampler, spec.search.seed)
     if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
         keep_resident(pool, worker_device(spec), spec.resources.memory_budget)
@@ -100,6 +106,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
         held_out=held_out,
         storage=storage,
     ))
+    if not prompts_kept(folder):
+        write_prompts(folder, suite.example_texts(tasks))
     study = _open_study(folder, info, spec)
     baselines = baseline_recipes(pool.names, pool.base is not None)
     if not study.trials:
@@ -109,7 +117,7 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
                 queue_baseline(study, params, label)
     scored = side_baselines(study)
     side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None and label not in scored}
-    return PreparedStudy(study, info, space, side)
+    return PreparedStudy(study, folder, info, space, side)
 
 
 def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
@@ -177,10 +185,11 @@ def _non_finite(scores: dict[str, Any]) -> str | None:
     return f"non-finite score on task '{bad[0]}'" if bad else None
 
 
-def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
-    """Store a worker's result on the trial and return its objective values; a bad candidate
-    (non-finite weights or scores) fails with the reason, returns None, and is not retried: it
-    would fail again."""
+def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
+    """Store a worker's result on the trial, and its per-example results in the study folder, and
+    return its objective values; a bad candidate (non-finite weights or scores) fails with the
+    reason, keeps no examples, returns None, and is not retried: it would fail again."""
+    study = prepared.study
     if "error" not in result:
         record_scores(trial, result)
     error = result.get("error") or _non_finite(result["scores"])
@@ -188,7 +197,8 @@ def record_result(study: optuna.Study, info: StudyInfo, trial: optuna.Trial, res
         record_error(trial, error)
         study.tell(trial, state=TrialState.FAIL)
         return None
-    values = [result["scores"][o] for o in info.objectives]
+    write_results(prepared.folder, trial.number, result["examples"])
+    values = [result["scores"][o] for o in prepared.info.objectives]
     study.tell(trial, values)
     return values
 
@@ -282,7 +292,7 @@ class _Loop:
                 fail_and_retry(study, job.trial, result["error"], retries)
                 self.progress.trial_finished(None)
             else:
-                self.progress.trial_finished(record_result(study, self.prepared.info, job.trial, result))
+                self.progress.trial_finished(record_result(self.prepared, job.trial, result))
             return
         if finished.died:
             self.lost_baselines[job.label] = self.lost_baselines.get(job.label, 0) + 1
@@ -290,6 +300,8 @@ class _Loop:
                 self.prepared.side_baselines[job.label] = job.recipe
                 return
         error = result.get("error") or _non_finite(result["scores"])
+        if not error:
+            write_results(self.prepared.folder, job.label, result["examples"])
         record_side_baseline(study, SideBaseline(job.label, job.recipe.to_json(),
                                                  scores=None if error else result["scores"], error=error))
 

@@ -29,12 +29,31 @@ from recycler.references import reference_file
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
 
 
+DataFiles = str | dict[str, str]
+
+
 class SuiteTask(StrictModel):
     """One lm-eval task of a suite and the metric read from it."""
 
     task: str = Field(min_length=1)
     metric: str = Field(default="acc", description="an lm-eval metric of the task, optionally 'metric,filter'")
     limit: int | None = Field(default=None, gt=0, description="examples scored; all when omitted")
+    num_fewshot: int | None = Field(default=None, ge=0, description="few-shot examples; the task's own default when omitted, else 0")
+    data_files: DataFiles | None = Field(
+        default=None,
+        description="one of lm-eval's own tasks over local files in that task's format: a file for its test "
+                    "split, or split -> file (JSON lines, CSV or Parquet by suffix); the task keeps its prompt, "
+                    "filters and metrics",
+    )
+
+    @field_validator("data_files")
+    @classmethod
+    def _resolve_data_files(cls, value: DataFiles | None, info: ValidationInfo) -> DataFiles | None:
+        if isinstance(value, str):
+            return str(resolve_path(Path(value), info))
+        if isinstance(value, dict):
+            return {split: str(resolve_path(Path(file), info)) for split, file in value.items()}
+        return value
 
 
 class SuiteSpec(StrictModel):
@@ -46,6 +65,10 @@ class SuiteSpec(StrictModel):
     limit: int | None = Field(default=None, gt=0, description="default per-task example limit")
     held_in: list[SuiteTask] = Field(min_length=1)
     held_out: list[SuiteTask] = []
+    apply_chat_template: bool = Field(default=False, description="format prompts with the checkpoints' own chat template")
+    fewshot_as_multiturn: bool = Field(default=False, description="few-shot examples as chat turns (needs apply_chat_template)")
+    system_instruction: str | None = Field(default=None, description="a system message (or, without a chat template, a prefix)")
+    fewshot_seed: int = Field(default=1234, description="seeds the choice of few-shot examples, as lm-eval's own default")
 
     @field_validator("task_dir")
     @classmethod
@@ -60,6 +83,8 @@ class SuiteSpec(StrictModel):
                 if task.task in seen:
                     raise ValueError(f"{role}.{i}.task: task '{task.task}' is listed twice")
                 seen.add(task.task)
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise ValueError("fewshot_as_multiturn: needs apply_chat_template: true")
         return self
 
 
@@ -81,6 +106,28 @@ def _listed_files(value: Any) -> list[str]:
     if isinstance(value, dict):
         return [f for v in value.values() for f in _listed_files(v)]
     return []
+
+
+def _shipped_task_over(name: str, data_files: DataFiles, where: str) -> dict[str, Any]:
+    """lm-eval's own config of a shipped task with its dataset swapped for local files: the prompt,
+    few-shot settings, filters and metrics stay lm-eval's."""
+    from lm_eval.tasks import TaskManager
+
+    entry = TaskManager().task_index.get(name)
+    if entry is None or entry.yaml_path is None:
+        raise RecyclerError(f"{where}: not one of lm-eval's own tasks (data_files needs one)")
+    config = load_task_yaml(entry.yaml_path)
+    files = data_files if isinstance(data_files, dict) else {config.get("test_split") or "test": data_files}
+    suffixes = {Path(f).suffix for f in files.values()}
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffixes.pop(), None) if len(suffixes) == 1 else None
+    if builder is None:
+        raise RecyclerError(f"{where}: data_files must all be .jsonl/.json, .csv or .parquet files")
+    needed = {config.get(key) for key in ("test_split", "validation_split", "training_split", "fewshot_split")} - {None}
+    if not needed & set(files):
+        raise RecyclerError(f"{where}: data_files names splits {', '.join(files)}; the task reads {', '.join(sorted(needed))}")
+    config.update(dataset_path=builder, dataset_kwargs={"data_files": files})
+    config.pop("dataset_name", None)
+    return config
 
 
 def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
@@ -136,8 +183,12 @@ class Suite:
             if config is None:
                 if self.spec.task_dir is not None:
                     raise RecyclerError(f"{where}: no task of that name in {self.spec.task_dir}")
-                specs[task.task] = task.task
-                continue
+                if task.data_files is None:
+                    specs[task.task] = task.task
+                    continue
+                config = _shipped_task_over(task.task, task.data_files, where)
+            elif task.data_files is not None:
+                raise RecyclerError(f"{where}: data_files is for lm-eval's own tasks; a task of task_dir names its data itself")
             files = [Path(f) for f in _listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
             for file in files:
                 if not file.is_file():
@@ -169,8 +220,29 @@ class Suite:
                 raise RecyclerError(f"{where}: unknown metric '{metric}' (the task has {', '.join(lm_task.aggregation())})")
             if len(lm_task.eval_docs) == 0:
                 raise RecyclerError(f"{where}: has no examples")
+            if task.num_fewshot is not None:  # as simple_evaluate's num_fewshot, per task
+                lm_task.set_config(key="num_fewshot", value=task.num_fewshot)
+            elif lm_task.get_config("num_fewshot") is None:
+                lm_task.set_config(key="num_fewshot", value=0)
+            lm_task.set_fewshot_seed(seed=self.spec.fewshot_seed)
             built[task.task] = lm_task
         return built
+
+    def check_tokenizer(self, tokenizer: Any, checkpoint: str) -> None:
+        """A suite that asks for the chat template needs a tokenizer that has one."""
+        if self.spec.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise RecyclerError(f"suite '{self.spec.name}' ({self.source}): apply_chat_template is set, but the "
+                                f"tokenizer of {checkpoint} has no chat template")
+
+    def example_texts(self, tasks: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+        """Each scored example's prompt (without few-shot examples) and target, by task, in the order
+        the scorer reports per-example results."""
+        texts = {}
+        for spec in self.tasks:
+            task = tasks[spec.task]
+            texts[spec.task] = [{"prompt": str(task.doc_to_text(doc)), "target": str(task.doc_to_target(doc))}
+                                for _, doc in task.doc_iterator(rank=0, limit=self.limit(spec), world_size=1)]
+        return texts
 
 
 def parse_suite(data: Any, root: Path, source: str) -> Suite:

@@ -34,7 +34,9 @@ class MergeWorker:
         self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
 
     def evaluate(self, recipe: dict[str, Any]) -> dict[str, Any]:
-        """Scores of the merge (a recipe's JSON) by task, and the seconds spent merging, in forward passes, and in all."""
+        """Scores of the merge (a recipe's JSON) by task, each example's result by task (the metric's
+        value, and the filtered answer of a generation task), and the seconds spent merging, in
+        forward passes, and in all."""
         started = time.perf_counter()
         self.merger.apply(recipe_from_json(recipe))
         if self.merger.device.type == "cuda":
@@ -46,6 +48,7 @@ class MergeWorker:
         result = self.scorer.score()
         return {
             "scores": result.scores,
+            "examples": {task: examples.to_json() for task, examples in result.examples.items()},
             "merge_seconds": merged - started,
             "forward_seconds": result.forward_seconds,
             "trial_seconds": time.perf_counter() - started,

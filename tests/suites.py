@@ -37,6 +37,36 @@ metric_list:
 """
 
 
+_GENERATION_TASK = """\
+task: answer
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/answer.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{answer}}"
+target_delimiter: ""
+generation_kwargs: {until: ["\\n"], max_gen_toks: 6, do_sample: false}
+filter_list:
+  - name: word
+    filter:
+      - {function: regex, regex_pattern: "(\\\\S+)"}
+      - {function: take_first}
+metric_list:
+  - {metric: exact_match, aggregation: mean, higher_is_better: true}
+"""
+
+
+def add_generation_task(tasks):
+    """`answer`, a generation task of 20 sums (metric `exact_match,word`), in a task folder."""
+    rng = random.Random("answer")
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in ((rng.randint(0, 9), rng.randint(0, 9)) for _ in range(20))]
+    (tasks / "data" / "answer.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tasks / "answer.yaml").write_text(_GENERATION_TASK)
+
+
 def _sums(rng: random.Random) -> dict:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     return {"prompt": f"{a}+{b}=", "answer": str(a + b)}

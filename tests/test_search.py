@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from recycler.cli import main
+from recycler.examples import read_prompts, read_results
 from recycler.front import front_records, hypervolume_history, most_balanced
 from recycler.recipes import LinearRecipe, SlerpRecipe
 from recycler.search import finished_trials, prepare_study, run_search
@@ -49,6 +50,11 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray, search_spe
     assert finished_trials(study) == 11 and len(study.trials) == 11
     assert {t.number: (t.params, t.values) for t in study.trials if t.number in before} == before
     assert sum("baseline" in t.user_attrs for t in study.trials) == 4
+    for t in study.trials:  # every scored candidate kept its per-example results, before and after the resume
+        kept = read_results(folder, t.number)
+        assert {task: len(r["scores"]) for task, r in kept.items()} == {"sums": 40, "pick": 40, "carry": 25}
+        assert sum(kept["sums"]["scores"]) / 40 == pytest.approx(t.user_attrs["scores"]["sums"])
+    assert read_results(folder, "slerp") is not None and set(read_prompts(folder)) == {"sums", "pick", "carry"}
 
 
 def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray, search_spec):

@@ -58,6 +58,14 @@ def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, caps
         assert narrowed == json.loads(capsys.readouterr().out) and sum(t["on_front"] for t in narrowed["trials"]) == 1
         bad = client.get(f"/api/studies/{first['id']}/front", params={"where": "poetry>=1"}, headers=AUTH)
         assert bad.status_code == 422 and "unknown task 'poetry'" in bad.json()["detail"]
+        with_examples = client.get(f"/api/studies/{first['id']}/front", params={"examples": 2}, headers=AUTH).json()
+        assert main(["front", folder, "--format", "json", "--examples", "2"]) == 0
+        assert with_examples == json.loads(capsys.readouterr().out)
+        merges = [t["examples"] for t in with_examples["trials"] if not t["baseline"]]
+        assert len({m["beside"] for m in merges}) == 1 and all(m["kept"] and m["tasks"] == {} for m in merges)  # no generation task
+        shown = client.get(f"/api/studies/{first['id']}/examples", params={"baseline": "slerp"}, headers=AUTH)
+        assert shown.status_code == 200 and shown.json()["kept"] and shown.json()["tasks"] == {}
+        assert client.get(f"/api/studies/{first['id']}/examples", headers=AUTH).status_code == 422  # which candidate?
         history = client.get(f"/api/studies/{first['id']}/hypervolume", headers=AUTH).json()
         assert [h["trial"] for h in history] == list(range(6))
 

@@ -6,13 +6,16 @@ import shutil
 import socket
 import threading
 import time
+
 import httpx
 import pytest
 import uvicorn
+import yaml
 
 from recycler.report import point_key
 from recycler.service import ServiceConfig, create_app
 from tests.service_auth import AUTH, TOKEN
+from tests.suites import add_generation_task
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -43,6 +46,11 @@ def test_page_plots_the_api_front(server, tmp_path, pool_spec):
     from playwright.sync_api import sync_playwright
 
     spec = pool_spec(trials=10)
+    suite = tmp_path / "pool" / "suite"  # a held-out generation task, so a clicked trial shows example answers
+    add_generation_task(suite / "tasks")
+    config = yaml.safe_load((suite / "suite.yaml").read_text())
+    config["held_out"].append({"task": "answer", "metric": "exact_match,word"})
+    (suite / "suite.yaml").write_text(yaml.safe_dump(config))
     study = httpx.post(f"{server}/api/studies", json={"spec": spec, "root": str(tmp_path / "pool")}, headers=AUTH).json()
     deadline = time.monotonic() + 90
     while httpx.get(f"{server}/api/studies/{study['id']}", headers=AUTH).json()["state"] != "done":
@@ -84,6 +92,16 @@ def test_page_plots_the_api_front(server, tmp_path, pool_spec):
             page.wait_for_selector("#detail-table")
             detail = page.inner_text("#detail")
             assert "held-out" in detail and "w:c0" in detail
+            clicked = page.evaluate("() => document.querySelector('#detail h3').textContent")
+            page.wait_for_selector("#detail-examples table")
+            shown = httpx.get(f"{server}/api/studies/{study['id']}/examples", headers=AUTH,
+                              params={"trial": clicked.split()[1]} if clicked.startswith("Trial") else {"baseline": clicked.split()[1]}).json()
+            rows = page.evaluate("""() => [...document.querySelectorAll('#detail-examples tr')].slice(1).map(
+                r => [...r.children].map(c => c.textContent))""")
+            answers = shown["tasks"]["answer"]
+            assert page.inner_text("#detail-examples h4").startswith(f"answer: {answers['differ']} of 20 answers differ from {shown['beside']}")
+            assert [row[:4] for row in rows] == [[str(x["index"]), x["prompt"], x["target"], f"{x['answer']} ({x['score']:.3f})"] for x in answers["examples"]]
+            assert [row[4] for row in rows] == [f"{x['beside_answer']} ({x['beside_score']:.3f})" for x in answers["examples"]]
 
             members = sorted(r["scores"][pick] for r in front["trials"] if r["on_front"])
             bar = members[len(members) // 2]

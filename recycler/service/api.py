@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from recycler.records import FrontDocument
+from recycler.records import ExampleComparison, FrontDocument
 from recycler.service.models import (
     ExportRequest,
     ExportStatus,
@@ -97,16 +97,35 @@ def cancel_study(study_id: str, service: ServiceDep) -> StudySummary:
 
 @router.get("/studies/{study_id}/front", response_model=FrontDocument)
 def get_front(study_id: str, service: ServiceDep, where: list[str] = Query(default=[]), rank: str | None = None,
-              limit: int | None = None) -> FrontDocument:
+              limit: int | None = None, examples: int | None = None, beside: str | None = None) -> FrontDocument:
     """The Pareto front and the baselines: `recycler front --format json`, narrowed as
-    `--where` (repeatable), `--rank` and `--limit` narrow it."""
-    return _front_document(_started(service, study_id), include_all=False, where=where, preference=rank, limit=limit)
+    `--where` (repeatable), `--rank` and `--limit` narrow it; each merge and front member with up
+    to `examples` answers per generation task beside the baseline `beside`, as `--examples` and
+    `--beside` add them."""
+    return _front_document(_started(service, study_id), include_all=False, where=where, preference=rank, limit=limit,
+                           examples=examples, beside=beside)
 
 
 @router.get("/studies/{study_id}/trials", response_model=FrontDocument)
 def get_trials(study_id: str, service: ServiceDep) -> FrontDocument:
     """Every completed trial: `recycler front --format json --all`."""
     return _front_document(_started(service, study_id), include_all=True)
+
+
+@router.get("/studies/{study_id}/examples", response_model=ExampleComparison)
+def get_examples(study_id: str, service: ServiceDep, trial: int | None = None, baseline: str | None = None,
+                 beside: str | None = None, count: int = Query(default=3, ge=1, le=100)) -> ExampleComparison:
+    """A few answers per generation task of a completed trial (or of a baseline, by name) beside a
+    baseline's (default: the most balanced other baseline that kept its examples), those that differ first."""
+    from recycler.compare import compare, default_beside, find_candidate
+    from recycler.front import front_records
+    from recycler.study import load_study
+
+    folder = _started(service, study_id)
+    study, info = load_study(folder)
+    records = front_records(study, info, include_all=True)
+    candidate = find_candidate(records, trial=trial, baseline=baseline)
+    return compare(folder, records, candidate, beside or default_beside(folder, records, info, candidate), count)
 
 
 @router.get("/studies/{study_id}/hypervolume", response_model=list[HypervolumePoint])
@@ -167,13 +186,16 @@ def _summary(store: Store, row: StudyRow) -> StudySummary:
                         error=row.error, created=row.created, updated=row.updated)
 
 
-def _front_document(folder: Path, include_all: bool, **narrowing: Any) -> FrontDocument:
+def _front_document(folder: Path, include_all: bool, examples: int | None = None, beside: str | None = None,
+                    **narrowing: Any) -> FrontDocument:
+    from recycler.compare import with_examples
     from recycler.front import front_document, front_records
     from recycler.selection import narrow
     from recycler.study import load_study
 
     study, info = load_study(folder)
-    return front_document(info, narrow(front_records(study, info, include_all=include_all), info, **narrowing))
+    records = narrow(front_records(study, info, include_all=include_all), info, **narrowing)
+    return front_document(info, with_examples(folder, records, info, examples, beside))
 
 
 def _export_status(row: ExportRow) -> ExportStatus:

@@ -12,7 +12,8 @@ import json
 _STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:1250px}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
 th.l,td.l{text-align:left}.grid{display:grid;grid-template-columns:2fr 1fr;gap:1em}
-#detail{border:1px solid #ccc;padding:.8em;font-size:13px;min-height:8em}.err{color:#b00}.muted{color:#777}"""
+#detail{border:1px solid #ccc;padding:.8em;font-size:13px;min-height:8em}.err{color:#b00}.muted{color:#777}
+#detail-examples td{text-align:left;vertical-align:top;white-space:pre-wrap;font-family:monospace}"""
 
 _COMMON = """
 const TOKEN_KEY = 'recycler-token';
@@ -66,7 +67,9 @@ function showTrial(k) {
   for (const o of trialsDoc.objectives) add(o, r.scores[o], 'held-in');
   for (const o of trialsDoc.held_out) add(o, r.scores[o], 'held-out');
   for (const [k, v] of Object.entries(r.settings)) add(k, v, r.method);
-  if (r.trial === null) { box.append(table); return; }
+  const examples = el('div'); examples.id = 'detail-examples';
+  showExamples(r, examples);
+  if (r.trial === null) { box.append(table, examples); return; }
   const out = el('input'); out.id = 'export-out'; out.size = 40; out.placeholder = 'export folder (under an allowed root)';
   const button = el('button', 'Export'); button.id = 'export-button';
   const status = el('div', '', 'muted'); status.id = 'export-status';
@@ -80,7 +83,27 @@ function showTrial(k) {
       status.textContent = job.state === 'done' ? 'exported to ' + job.out + ' (' + Object.keys(job.manifest.sha256 || {}).length + ' files in manifest)' : 'failed: ' + job.error;
     } catch (e) { status.textContent = e.message; }
   };
-  box.append(table, el('p'), out, button, status);
+  box.append(table, examples, el('p'), out, button, status);
+}
+async function showExamples(r, into) {  // into is detached if another point is clicked meanwhile
+  const query = r.trial === null ? 'baseline=' + encodeURIComponent(r.baseline_name) : 'trial=' + r.trial;
+  let c;
+  try { c = await api('/studies/' + STUDY + '/examples?count=3&' + query); } catch (e) { into.append(el('p', e.message, 'err')); return; }
+  if (!c.kept) { into.append(el('p', 'No per-example results kept for this candidate.', 'muted')); return; }
+  for (const [task, t] of Object.entries(c.tasks)) {
+    const paired = t.differ !== null;
+    into.append(el('h4', task + (paired ? ': ' + t.differ + ' of ' + t.total + ' answers differ from ' + c.beside : '')));
+    const table = el('table'); const head = el('tr');
+    for (const h of ['#', 'prompt', 'target', 'answer'].concat(paired ? [c.beside] : [])) head.append(el('th', h));
+    table.append(head);
+    for (const x of t.examples) {
+      const row = el('tr');
+      row.append(el('td', x.index), el('td', x.prompt), el('td', x.target), el('td', x.answer + ' (' + fmt(x.score) + ')'));
+      if (paired) row.append(el('td', x.beside_answer + ' (' + fmt(x.beside_score) + ')'));
+      table.append(row);
+    }
+    into.append(table);
+  }
 }
 function narrowing() {
   const params = new URLSearchParams();
