@@ -59,10 +59,11 @@ class WorkerPool(Generic[Job]):
         self._in_flight: dict[Any, tuple[Any, Job]] = {}
         self._start(spec.resources.workers)
 
-    def submit(self, recipe: MergeRecipe, job: Job) -> None:
-        """Score the recipe on an idle worker; `job` comes back with its result."""
+    def submit(self, recipe: MergeRecipe, job: Job, examples: dict[str, list[int]] | None = None) -> None:
+        """Score the recipe (on those examples only, when given) on an idle worker; `job` comes back
+        with its result."""
         worker = self.idle.pop()
-        self._in_flight[worker.evaluate.remote(recipe.to_json())] = (worker, job)
+        self._in_flight[worker.evaluate.remote(recipe.to_json(), examples)] = (worker, job)
 
     def jobs(self) -> list[Job]:
         return [job for _, job in self._in_flight.values()]

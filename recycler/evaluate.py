@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from recycler.suite import Suite
+from recycler.library_seams import apply_filters_to
+from recycler.suite import Suite, SuiteTask
+
+# Example indices by task, in the suite's example order: what a screening stage scores.
+Selection = Mapping[str, Collection[int]]
 
 
 class _TokenizeOnceHFLM(HFLM):
@@ -57,11 +62,13 @@ class TaskExamples:
     """Per example, in the suite's example order: the metric's value and, for generation tasks,
     the answer after the task's filters (what the metric compared)."""
 
-    scores: list[float]
+    scores: list[float | None]  # None where the metric's per-example value is not a number (bleu, f1: pairs)
     answers: list[str] | None = None
+    indices: list[int] | None = None  # the examples scored, when not all of them
 
     def to_json(self) -> dict[str, list]:
-        return {"scores": self.scores, **({"answers": self.answers} if self.answers is not None else {})}
+        optional = {"answers": self.answers, "indices": self.indices}
+        return {"scores": self.scores, **{key: value for key, value in optional.items() if value is not None}}
 
 
 @dataclass(frozen=True)
@@ -128,11 +135,13 @@ class Scorer:
                 self._requests[instance.request_type].append(instance)
 
     @torch.no_grad()
-    def score(self) -> SuiteScores:
-        """Run every request through the model and aggregate each task's metric."""
+    def score(self, examples: Selection | None = None) -> SuiteScores:
+        """Run every request (or those of the selected examples) through the model and aggregate
+        each task's metric over the examples scored."""
         started = time.perf_counter()
         forward_before = self._timer.seconds
-        for request_type, instances in self._requests.items():
+        for request_type, every in self._requests.items():
+            instances = [i for i in every if examples is None or i.doc_id in examples.get(i.task_name, ())]
             for instance in instances:
                 instance.resps.clear()
                 instance.filtered_resps.clear()
@@ -140,7 +149,8 @@ class Scorer:
             responses = getattr(self.lm, request_type)(repeated, disable_tqdm=True)
             for response, instance in zip(responses, repeated, strict=True):
                 instance.resps.append(response)
-        results = {spec.task: self._aggregate(spec.task, spec.metric, self.suite.limit(spec)) for spec in self.suite.tasks}
+        results = {spec.task: self._aggregate(spec, None if examples is None else set(examples.get(spec.task, ())))
+                   for spec in self.suite.tasks}
         return SuiteScores(
             scores={task: score for task, (score, _) in results.items()},
             examples={task: examples for task, (_, examples) in results.items()},
@@ -148,21 +158,27 @@ class Scorer:
             total_seconds=time.perf_counter() - started,
         )
 
-    def _aggregate(self, name: str, metric: str, limit: int | None) -> tuple[float, TaskExamples]:
-        """The task's score as lm-eval aggregates it, and each example's value of the metric."""
-        task = self.tasks[name]
-        task.apply_filters()
-        metric, _, filter_key = metric.partition(",")
-        filter_key = filter_key or next(iter(task.instances[0].filtered_resps))
+    def _aggregate(self, spec: SuiteTask, chosen: set[int] | None) -> tuple[float, TaskExamples]:
+        """The task's score as lm-eval aggregates it over the examples scored (all, or `chosen`),
+        and each one's value of the metric."""
+        task = self.tasks[spec.task]
+        scored = [i for i in task.instances if chosen is None or i.doc_id in chosen]
+        apply_filters_to(task, scored)
+        metric, _, filter_key = spec.metric.partition(",")
+        filter_key = filter_key or next(iter(scored[0].filtered_resps))
         by_doc: dict[int, list[Any]] = defaultdict(list)
-        for instance in task.instances:
+        for instance in scored:
             by_doc[instance.doc_id].append(instance)
         values, answers = [], []
-        for doc_id, doc in task.doc_iterator(rank=0, limit=limit, world_size=1):
+        docs = [(i, doc) for i, doc in task.doc_iterator(rank=0, limit=self.suite.limit(spec), world_size=1)
+                if chosen is None or i in chosen]
+        for doc_id, doc in docs:
             requests = sorted(by_doc[doc_id], key=lambda instance: instance.idx)
             filtered = [r.filtered_resps[filter_key] for r in requests]
             values.append(task.process_results(doc, filtered)[metric])
             answers.append(filtered[0] if isinstance(filtered[0], str) else str(filtered[0]))
         generated = task.get_config("output_type") == "generate_until"
-        examples = TaskExamples([float(v) for v in values], answers if generated else None)
-        return float(task.aggregation()[metric](values)), examples
+        indices = None if chosen is None else [i for i, _ in docs]
+        per_example = [float(v) if isinstance(v, (int, float)) else None for v in values]  # corpus metrics (bleu, f1) keep pairs
+        examples = TaskExamples(per_example, answers if generated else None, indices)
+        return self.suite.aggregate(task, spec, values), examples

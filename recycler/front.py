@@ -80,21 +80,26 @@ def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
     return all(better) and any(x != y for x, y in zip(a, b))
 
 
-def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool) -> FrontEntry:
+def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool,
+           screened_out: bool = False) -> FrontEntry:
     merge = recipe_from_json(recipe)
     return FrontEntry(trial=trial, baseline=label is not None, baseline_name=label, on_front=on_front,
-                      beaten_by_front=None, method=merge.method, settings=merge.describe(),
+                      screened_out=screened_out, beaten_by_front=None, method=merge.method, settings=merge.describe(),
                       weights=merge.checkpoint_weights(), scores=scores, recipe=recipe)
 
 
 def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = False) -> list[FrontEntry]:
     """The Pareto front (Optuna's own `best_trials`), every baseline trial in trial order, then the
     baselines scored beside the search (trial None). A baseline's `beaten_by_front` says whether a
-    front member dominates it."""
+    front member dominates it. `include_all` adds every completed trial, and the trials dropped at
+    screening with their subset's scores (`screened_out`)."""
     front = study.best_trials
     numbers = {t.number for t in front}
-    keep = [t for t in stored_trials(study, complete_only=True) if include_all or t.number in numbers or t.baseline is not None]
-    records = [_entry(t.number, t.baseline, t.recipe, t.scores, t.number in numbers) for t in sorted(keep, key=lambda t: t.number)]
+    trials = stored_trials(study)
+    keep = [t for t in trials if t.complete and (include_all or t.number in numbers or t.baseline is not None)]
+    keep += [t for t in trials if include_all and t.screened_out]
+    records = [_entry(t.number, t.baseline, t.recipe, t.scores if t.complete else t.screening["scores"], t.number in numbers,
+                      screened_out=t.screened_out) for t in sorted(keep, key=lambda t: t.number)]
     records += [_entry(None, b.label, b.recipe, b.scores, False) for b in side_baselines(study).values() if b.scores is not None]
     for r in records:
         values = [r["scores"][o] for o in info.objectives]
@@ -120,7 +125,8 @@ def front_table(records: list[FrontEntry], info: StudyInfo, *, wide: bool = Fals
     largest three in one column, or (wide) one column per checkpoint and the method's settings."""
     rows = []
     for r in records:
-        row = {"trial": "-" if r["trial"] is None else r["trial"], "kind": r["baseline_name"] or "merge", "method": r["method"],
+        kind = r["baseline_name"] or ("screened out" if r.get("screened_out") else "merge")
+        row = {"trial": "-" if r["trial"] is None else r["trial"], "kind": kind, "method": r["method"],
                "front": "*" if r["on_front"] else ("beaten" if r.get("beaten_by_front") else "")}
         if wide:
             row.update({f"w:{name}": r["weights"].get(name, 0.0) for name in info.checkpoints})

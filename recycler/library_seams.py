@@ -29,6 +29,19 @@ def load_task_yaml(path: Path) -> dict[str, Any]:
     return load_yaml(path, resolve_func=True, recursive=True)
 
 
+def apply_filters_to(task: Any, instances: list[Any]) -> None:
+    """Run an lm-eval task's filters over some of its instances only (those a screening stage
+    scored), as `Task.apply_filters` runs them over all of them.
+
+    Private: a task's `_filters` (its FilterEnsembles). The public `apply_filters` filters every
+    instance the task built, and a filter such as `take_first` fails on one that was not run;
+    building the requests of a subset instead would draw other few-shot examples than full
+    evaluation draws, so its scores would not add up to full evaluation's.
+    """
+    for ensemble in getattr(task, "_filters", []):
+        ensemble.apply(instances)
+
+
 def compute_hypervolume(loss_vals: np.ndarray, reference_point: np.ndarray) -> float:
     """The volume dominated by the points (rows, every objective a loss) and bounded by the
     reference point; every point must be <= the reference in every objective.

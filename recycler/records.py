@@ -9,6 +9,7 @@ the study folder, not attributes (recycler/examples.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired
 
@@ -29,8 +30,11 @@ _RETRY_OF = "retry_of"  # the trial this one repeats
 _ATTEMPT = "attempt"  # 1 for a first try
 _ERROR = "error"  # why the trial failed for good
 _TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
-# Key of a study user attribute: a baseline the space cannot express, scored beside the trials.
-_SIDE_BASELINE = "baseline:"
+_EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
+_SCREENING = "screening"  # a screened trial: its subset scores, optimistic bounds, and whether it was finished
+# Keys of study user attributes.
+_SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
+_SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ class StoredTrial:
     attempt: int
     retry_of: int | None
     seconds: dict[str, float]  # merge, forward and whole-trial time, by key
+    examples_scored: int | None  # None in studies from before costs were recorded
+    screening: dict[str, Any] | None  # {"scores", "optimistic", "finished"} of a screened trial
+
+    @property
+    def screened_out(self) -> bool:
+        return self.state == TrialState.PRUNED and self.screening is not None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> StoredTrial:
@@ -73,6 +83,8 @@ class StoredTrial:
             attempt=int(attrs.get(_ATTEMPT, 1)),
             retry_of=attrs.get(_RETRY_OF),
             seconds={key: attrs[key] for key in _TIMING if key in attrs},
+            examples_scored=attrs.get(_EXAMPLES_SCORED),
+            screening=attrs.get(_SCREENING),
         )
 
     @property
@@ -117,6 +129,25 @@ def record_scores(trial: optuna.Trial, result: dict[str, Any]) -> None:
     trial.set_user_attr(_SCORES, result["scores"])
     for key in _TIMING:
         trial.set_user_attr(key, result[key])
+
+
+def record_examples_scored(trial: optuna.Trial, count: int) -> None:
+    trial.set_user_attr(_EXAMPLES_SCORED, count)
+
+
+def record_screening(trial: optuna.Trial, scores: dict[str, float], optimistic: list[float], finished: bool) -> None:
+    """What screening saw: the subset's scores, the optimistic full scores (None where an objective
+    is not bounded), and the decision."""
+    bounded = [value if math.isfinite(value) else None for value in optimistic]
+    trial.set_user_attr(_SCREENING, {"scores": scores, "optimistic": bounded, "finished": finished})
+
+
+def screening_subset(study: optuna.Study) -> dict[str, list[int]] | None:
+    return study.user_attrs.get(_SCREENING_SUBSET)
+
+
+def record_screening_subset(study: optuna.Study, subset: dict[str, list[int]]) -> None:
+    study.set_user_attr(_SCREENING_SUBSET, subset)
 
 
 def record_error(trial: optuna.Trial, error: str) -> None:
@@ -186,6 +217,7 @@ class FrontEntry(TypedDict):
     baseline: bool
     baseline_name: str | None
     on_front: bool
+    screened_out: Annotated[bool, Field(description="dropped at screening: `scores` are its subset's, never on the front")]
     beaten_by_front: Annotated[bool | None, Field(description="baselines: whether a front member dominates it")]
     method: str
     settings: dict[str, Any]

@@ -19,7 +19,7 @@ from recycler.front import (
     hypervolume_history,
     most_balanced,
 )
-from recycler.records import FrontEntry
+from recycler.records import FrontEntry, stored_trials
 from recycler.selection import narrow
 from recycler.study import StudyInfo, load_study
 
@@ -29,10 +29,13 @@ _STYLE = {
     "merge": dict(color="#9aa5b1", size=7, symbol="circle"),
     "front": dict(color="#d1495b", size=11, symbol="diamond"),
     "baseline": dict(color="#00798c", size=11, symbol="square"),
+    "screened": dict(color="#d9d9d9", size=6, symbol="x"),
 }
 
 
 def _kind(r: dict) -> str:
+    if r.get("screened_out"):
+        return "screened"
     return "baseline" if r["baseline"] else ("front" if r["on_front"] else "merge")
 
 
@@ -52,11 +55,12 @@ def _hover(r: dict) -> str:
 def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
     """A scatter for two objectives, a scatter matrix for more; baselines and front marked."""
     figure = go.Figure()
-    for kind in ("merge", "front", "baseline"):
+    for kind in ("screened", "merge", "front", "baseline"):
         group = [r for r in records if _kind(r) == kind]
         if not group:
             continue
-        label = {"merge": "dominated merges", "front": "Pareto front", "baseline": "baselines"}[kind]
+        label = {"screened": "dropped at screening (subset scores)", "merge": "dominated merges", "front": "Pareto front",
+                 "baseline": "baselines"}[kind]
         text = [_hover(r) for r in group]
         if len(objectives) == 2:
             figure.add_trace(go.Scatter(
@@ -123,8 +127,9 @@ table.front td,table.front th{{padding:3px 8px;border-bottom:1px solid #ddd;text
 table.examples{{border-collapse:collapse;font-size:13px}} table.examples td,table.examples th{{padding:3px 8px;border-bottom:1px solid #ddd;vertical-align:top}}
 td.text{{white-space:pre-wrap;font-family:monospace;max-width:32em}}</style></head>
 <body><h1>Study {html.escape(info.name)}</h1>
-<p>Pool fingerprint <code>{info.fingerprint[:16]}</code>; {len(records)} completed trials; objectives (held-in):
-{", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.</p>
+<p>Pool fingerprint <code>{info.fingerprint[:16]}</code>; {sum(not r.get("screened_out") for r in records)} completed trials; objectives (held-in):
+{", ".join(map(html.escape, info.objectives))}; held-out: {", ".join(map(html.escape, info.held_out)) or "none"}.
+{_cost_note(study)}</p>
 {parts[0]}
 {_narrowing_note(where, preference, limit)}
 {parts[1]}
@@ -169,6 +174,21 @@ def _examples_section(study_dir: Path, records: list[FrontEntry], shown: list[Fr
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
         parts.append(f'<h3>{title}</h3>\n<table class="examples"><tr>{head}</tr>{"".join(rows)}</table>')
     return "\n".join(parts)
+
+
+def _cost_note(study) -> str:
+    """Examples scored in all, and how many screening saved (a dropped trial skipped the rest of its examples)."""
+    trials = [t for t in stored_trials(study) if t.examples_scored is not None]
+    if not trials:
+        return ""
+    scored = sum(t.examples_scored for t in trials)
+    full = max(t.examples_scored for t in trials if t.complete) if any(t.complete for t in trials) else 0
+    dropped = [t for t in trials if t.screened_out]
+    saved = sum(full - t.examples_scored for t in dropped)
+    note = f"{scored:,} examples scored"
+    if dropped:
+        note += f"; {len(dropped)} trials dropped at screening saved {saved:,} ({saved / (scored + saved):.0%})"
+    return note + "."
 
 
 def _narrowing_note(where: list[str], preference: str | None, limit: int | None) -> str:

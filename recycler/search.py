@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,16 @@ from recycler.records import (
     queue_baseline,
     record_candidate,
     record_error,
+    record_examples_scored,
     record_scores,
+    record_screening,
+    record_screening_subset,
     record_side_baseline,
+    screening_subset,
     side_baselines,
     stored_trials,
 )
+from recycler.screening import Screening, choose_subset, merge_stages
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
@@ -82,6 +87,14 @@ class PreparedStudy:
     info: StudyInfo
     space: SearchSpace
     side_baselines: dict[str, MergeRecipe]  # baselines the space cannot express, not scored yet
+    suite: Suite
+    tasks: dict[str, Any]  # the suite's lm-eval tasks, whose aggregations put screened stages together
+    screening: Screening | None  # None: every candidate is scored on every example
+
+    def full_scores(self, examples: dict[str, Any]) -> dict[str, float]:
+        """Every task's score from all its examples' values, aggregated as the worker aggregates them."""
+        return {spec.task: self.suite.aggregate(self.tasks[spec.task], spec, examples[spec.task]["scores"])
+                for spec in self.suite.tasks}
 
 
 def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> PreparedStudy:
@@ -93,6 +106,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     suite.check_tokenizer(AutoTokenizer.from_pretrained(str(pool.reference.path)), pool.reference.name)
     tasks = suite.build_tasks()
     objectives, directions, held_out = _objectives(spec, suite, tasks)
+    if spec.search.fidelity is not None:
+        _check_screenable(suite, tasks)
     make_sampler(spec.search.sampler, spec.search.seed)
     if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
         keep_resident(pool, worker_device(spec), spec.resources.memory_budget)
@@ -106,8 +121,9 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
         held_out=held_out,
         storage=storage,
     ))
+    texts = suite.example_texts(tasks)
     if not prompts_kept(folder):
-        write_prompts(folder, suite.example_texts(tasks))
+        write_prompts(folder, texts)
     study = _open_study(folder, info, spec)
     baselines = baseline_recipes(pool.names, pool.base is not None)
     if not study.trials:
@@ -117,7 +133,28 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
                 queue_baseline(study, params, label)
     scored = side_baselines(study)
     side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None and label not in scored}
-    return PreparedStudy(study, folder, info, space, side)
+    screening = _screening(spec, suite, tasks, texts, study) if spec.search.fidelity is not None else None
+    return PreparedStudy(study, folder, info, space, side, suite, tasks, screening)
+
+
+def _check_screenable(suite: Suite, tasks: dict[str, Any]) -> None:
+    """Screening puts a score together from per-example numbers; a corpus metric has none."""
+    for task in suite.tasks:
+        if not suite.aggregated_per_example(tasks[task.task], task):
+            raise RecyclerError(f"search.fidelity: task '{task.task}' ({task.metric}) is a corpus metric, not one number "
+                                "per example, so screened stages cannot be put together; remove fidelity or the task")
+
+
+def _screening(spec: PoolSpec, suite: Suite, tasks: dict[str, Any], texts: dict[str, list[Any]], study: optuna.Study) -> Screening:
+    """The study's screening; its subset is drawn once and kept on the study, so every candidate,
+    before and after a resume, is screened on the same examples."""
+    fidelity = spec.search.fidelity
+    subset = screening_subset(study)
+    if subset is None:
+        subset = choose_subset(texts, fidelity.screen_fraction, fidelity.seed)
+        record_screening_subset(study, subset)
+    mean_tasks = frozenset(t.task for t in suite.tasks if suite.mean_aggregated(tasks[t.task], t))
+    return Screening(subset, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks)
 
 
 def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
@@ -157,14 +194,14 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget: completed, or failed for good with an error and not
-    queued again. Trials interrupted by a killed search carry no error and do not count."""
+    """Trials that count against the budget: completed, dropped at screening, or failed for good with
+    an error and not queued again. Trials interrupted by a killed search carry no error and do not count."""
     trials = stored_trials(study)
     retried = {t.retry_of for t in trials if t.retry_of is not None}
     return sum(
         1
         for t in trials
-        if t.complete or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
+        if t.complete or t.screened_out or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
     )
 
 
@@ -198,6 +235,7 @@ def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str
         study.tell(trial, state=TrialState.FAIL)
         return None
     write_results(prepared.folder, trial.number, result["examples"])
+    record_examples_scored(trial, sum(len(task["scores"]) for task in result["examples"].values()))
     values = [result["scores"][o] for o in prepared.info.objectives]
     study.tell(trial, values)
     return values
@@ -210,26 +248,39 @@ class _Job:
     recipe: MergeRecipe
     trial: optuna.Trial | None = None
     label: str | None = None
+    stage: str = "all"  # "screen": the screening subset; "rest": the examples screening left
+    screened: dict[str, Any] | None = None  # the screening stage's result, for "rest"
 
 
 class _Progress:
     """The trials bar, with the front's size and hypervolume, kept up one trial at a time."""
 
-    def __init__(self, study: optuna.Study, info: StudyInfo, budget: int, enabled: bool) -> None:
+    def __init__(self, study: optuna.Study, info: StudyInfo, budget: int, enabled: bool, screening: Screening | None) -> None:
         from tqdm import tqdm
 
         self.study, self.info = study, info
         self.bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not enabled,
                         dynamic_ncols=True)
         self.tracker: FrontTracker | None = None
+        self.full_cost = screening.examples if screening is not None else None
+        self.scored = sum(t.examples_scored or 0 for t in stored_trials(study))
+        self.saved = sum(self.full_cost - t.examples_scored for t in stored_trials(study) if t.screened_out) if screening else 0
 
-    def trial_finished(self, values: list[float] | None) -> None:
-        """One more trial counts against the budget: with its objective values if it completed."""
+    def trial_finished(self, values: list[float] | None, examples_scored: int = 0) -> None:
+        """One more trial counts against the budget: with its objective values if it completed, and
+        the examples it scored."""
         self.bar.update(1)
+        self.scored += examples_scored
+        if self.full_cost is not None and values is None and examples_scored:
+            self.saved += self.full_cost - examples_scored
         if values is not None:
             self._track(values)
+        postfix = {}
         if self.tracker is not None:
-            self.bar.set_postfix(front=len(self.tracker.front), hv=f"{self.tracker.hypervolume:.4g}")
+            postfix = {"front": len(self.tracker.front), "hv": f"{self.tracker.hypervolume:.4g}"}
+        if self.full_cost is not None:
+            postfix["saved"] = f"{self.saved / max(1, self.saved + self.scored):.0%} of examples"
+        self.bar.set_postfix(postfix)
 
     def _track(self, values: list[float]) -> None:
         """Add the newest trial; measure every trial again only while the baselines that bound the
@@ -259,6 +310,7 @@ class _Loop:
     progress: _Progress
     should_stop: Callable[[], bool]
     lost_baselines: dict[str, int] = field(default_factory=dict)  # side baselines whose worker died, by label
+    finishing: list[_Job] = field(default_factory=list)  # screened trials promoted, waiting for a worker
     stopping: bool = False
 
     def run(self) -> None:
@@ -271,7 +323,10 @@ class _Loop:
             self._record(self.workers.next_finished())
 
     def _fill_idle_workers(self) -> None:
-        study, pending = self.prepared.study, self.prepared.side_baselines
+        study, pending, screening = self.prepared.study, self.prepared.side_baselines, self.prepared.screening
+        while self.workers.idle and self.finishing:
+            job = self.finishing.pop(0)
+            self.workers.submit(job.recipe, job, examples=screening.rest)
         while self.workers.idle and pending:
             label, recipe = pending.popitem()
             self.workers.submit(recipe, _Job(recipe, label=label))
@@ -279,10 +334,40 @@ class _Loop:
             trial = study.ask()
             recipe = self.prepared.space.suggest(trial)
             record_candidate(trial, recipe)
-            self.workers.submit(recipe, _Job(recipe, trial=trial))
+            if screening is not None and StoredTrial.running(trial).baseline is None:  # baselines: always in full
+                self.workers.submit(recipe, _Job(recipe, trial=trial, stage="screen"), examples=screening.subset)
+            else:
+                self.workers.submit(recipe, _Job(recipe, trial=trial))
 
     def _trials_in_flight(self) -> int:
-        return sum(job.trial is not None for job in self.workers.jobs())
+        return sum(job.trial is not None for job in self.workers.jobs()) + len(self.finishing)
+
+    def _screened(self, job: _Job, result: dict[str, Any]) -> None:
+        """Finish a screened trial if it can still reach the front of fully evaluated trials, else
+        drop it (told to the sampler as pruned) with its subset's scores."""
+        prepared, study = self.prepared, self.prepared.study
+        if "error" in result or _non_finite(result["scores"]):
+            self.progress.trial_finished(record_result(prepared, job.trial, result))
+            return
+        info = prepared.info
+        optimistic = prepared.screening.optimistic(result["examples"], info.objectives, info.directions)
+        front = [t.values for t in study.best_trials]
+        finish = prepared.screening.worth_finishing(optimistic, front, info.directions)
+        record_screening(job.trial, result["scores"], optimistic, finish)
+        if finish:
+            self.finishing.append(replace(job, stage="rest", screened=result))
+            return
+        record_examples_scored(job.trial, prepared.screening.screened_examples)
+        study.tell(job.trial, state=TrialState.PRUNED)
+        self.progress.trial_finished(None, prepared.screening.screened_examples)
+
+    def _finished(self, job: _Job, result: dict[str, Any]) -> dict[str, Any]:
+        """A promoted trial's full result: both stages' examples, aggregated as full evaluation does."""
+        if "error" in result:
+            return result
+        examples = merge_stages(job.screened["examples"], result["examples"])
+        seconds = {key: job.screened[key] + result[key] for key in ("merge_seconds", "forward_seconds", "trial_seconds")}
+        return {"scores": self.prepared.full_scores(examples), "examples": examples, **seconds}
 
     def _record(self, finished: Finished[_Job]) -> None:
         job, result = finished.job, finished.result
@@ -291,8 +376,12 @@ class _Loop:
             if finished.died:
                 fail_and_retry(study, job.trial, result["error"], retries)
                 self.progress.trial_finished(None)
+            elif job.stage == "screen":
+                self._screened(job, result)
             else:
-                self.progress.trial_finished(record_result(self.prepared, job.trial, result))
+                result = self._finished(job, result) if job.stage == "rest" else result
+                values = record_result(self.prepared, job.trial, result)
+                self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
             return
         if finished.died:
             self.lost_baselines[job.label] = self.lost_baselines.get(job.label, 0) + 1
@@ -324,7 +413,7 @@ def run_search(
     if finished_trials(prepared.study) >= spec.search.trials and not prepared.side_baselines:
         return prepared.study
     workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
-    bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress)
+    bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
     try:
         _Loop(prepared, spec, workers, bar, should_stop or (lambda: False)).run()
     finally:

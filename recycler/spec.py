@@ -38,6 +38,15 @@ class CheckpointRef(StrictModel):
         return resolve_path(value, info)
 
 
+class Fidelity(StrictModel):
+    """Screening: each candidate is scored on a fixed subset of every task's examples first, and
+    finished only if it can still reach the front."""
+
+    screen_fraction: float = Field(gt=0, lt=1, description="share of each task's examples scored first")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="one-sided confidence of the optimistic bound")
+    seed: int = Field(default=0, description="draws the subset")
+
+
 class SearchConfig(StrictModel):
     """What to search and for how long."""
 
@@ -46,6 +55,7 @@ class SearchConfig(StrictModel):
     sampler: str = Field(default="default", description="'default' or an Optuna sampler class name")
     seed: int = 0
     max_retries: int = Field(default=2, ge=0, description="times a trial whose worker failed is run again")
+    fidelity: Fidelity | None = Field(default=None, description="screen candidates on a subset first; off: score everything")
 
     @field_validator("space")
     @classmethod

@@ -228,6 +228,28 @@ class Suite:
             built[task.task] = lm_task
         return built
 
+    @staticmethod
+    def aggregate(task: Any, spec: SuiteTask, values: list[Any]) -> float:
+        """A task's score from its examples' values of the metric, in example order, as lm-eval
+        aggregates them (one place, so a score put together from screening stages is the score
+        full evaluation gives)."""
+        return float(task.aggregation()[spec.metric.split(",")[0]](values))
+
+    @staticmethod
+    def aggregated_per_example(task: Any, spec: SuiteTask) -> bool:
+        """Whether the task's score aggregates one number per example (mean, median, perplexity), so
+        screening can put a score together from its stages; corpus metrics (bleu, f1) cannot."""
+        from lm_eval.api.metrics import mean, median, nanmean, perplexity
+
+        return task.aggregation()[spec.metric.split(",")[0]] in (mean, median, nanmean, perplexity)
+
+    @staticmethod
+    def mean_aggregated(task: Any, spec: SuiteTask) -> bool:
+        """Whether the task's score is the mean of its examples' values (so a subset bounds it)."""
+        from lm_eval.api.metrics import mean
+
+        return task.aggregation()[spec.metric.split(",")[0]] is mean
+
     def check_tokenizer(self, tokenizer: Any, checkpoint: str) -> None:
         """A suite that asks for the chat template needs a tokenizer that has one."""
         if self.spec.apply_chat_template and not getattr(tokenizer, "chat_template", None):

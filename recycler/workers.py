@@ -33,10 +33,10 @@ class MergeWorker:
         tokenizer = AutoTokenizer.from_pretrained(str(pool.reference.path))
         self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
 
-    def evaluate(self, recipe: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, recipe: dict[str, Any], examples: dict[str, list[int]] | None = None) -> dict[str, Any]:
         """Scores of the merge (a recipe's JSON) by task, each example's result by task (the metric's
         value, and the filtered answer of a generation task), and the seconds spent merging, in
-        forward passes, and in all."""
+        forward passes, and in all. `examples` scores those examples only (a screening stage)."""
         started = time.perf_counter()
         self.merger.apply(recipe_from_json(recipe))
         if self.merger.device.type == "cuda":
@@ -45,7 +45,7 @@ class MergeWorker:
         bad_tensor = self.merger.nonfinite_tensor()
         if bad_tensor is not None:
             return {"error": f"the merge has NaN or inf in tensor '{bad_tensor}'"}
-        result = self.scorer.score()
+        result = self.scorer.score(examples)
         return {
             "scores": result.scores,
             "examples": {task: examples.to_json() for task, examples in result.examples.items()},

@@ -1,0 +1,106 @@
+"""Screening (search.fidelity): candidates scored on a fixed subset first, finished only if they can
+still reach the front. Unit tests of the subset, the bound and the merge of stages, then real
+searches (local Ray, Optuna, lm-eval) on tiny random checkpoints."""
+
+import json
+import math
+
+import pytest
+from optuna.trial import TrialState
+
+from recycler.errors import RecyclerError
+from recycler.export import export_trial
+from recycler.front import front_records
+from recycler.records import stored_trials
+from recycler.recipes import recipe_from_json
+from recycler.screening import Screening, choose_subset, complement, merge_stages
+from recycler.search import finished_trials, run_search
+from recycler.study import load_study
+from recycler.workers import MergeWorker
+
+
+def prompts(lengths):
+    return [{"prompt": "x" * n, "target": ""} for n in lengths]
+
+
+def test_the_subset_is_stratified_by_prompt_length_seeded_and_the_right_size():
+    texts = {"a": prompts(range(100)), "b": prompts([5] * 40)}
+    subset = choose_subset(texts, 0.2, seed=3)
+    assert subset == choose_subset(texts, 0.2, seed=3) and subset != choose_subset(texts, 0.2, seed=4)
+    assert len(subset["a"]) == 20 and len(subset["b"]) == 8
+    assert [i // 5 for i in subset["a"]] == list(range(20))  # one from each fifth-percentile stratum
+    assert sorted(subset["a"] + complement(subset, {"a": 100})["a"]) == list(range(100))
+
+
+def test_the_optimistic_bound_covers_the_subset_and_is_wider_with_fewer_examples():
+    screening = Screening({"t": list(range(10))}, {"t": 100}, 0.95, frozenset({"t"}))
+    half = {"t": {"scores": [1.0] * 5 + [0.0] * 5}}
+    (upper,) = screening.optimistic(half, ["t"], ["maximize"])
+    (lower,) = screening.optimistic(half, ["t"], ["minimize"])
+    assert lower < 0.5 < upper < 1
+    few = Screening({"t": [0, 1]}, {"t": 100}, 0.95, frozenset({"t"}))
+    assert few.optimistic({"t": {"scores": [1.0, 0.0]}}, ["t"], ["maximize"])[0] > upper
+    unbounded = Screening({"t": [0]}, {"t": 100}, 0.95, frozenset())  # not a mean: never a reason to drop
+    assert unbounded.optimistic(half, ["t"], ["maximize"]) == [math.inf]
+
+
+def test_two_stages_merge_into_example_order():
+    first = {"t": {"scores": [1.0, 0.0], "answers": ["a", "b"], "indices": [1, 3]}}
+    second = {"t": {"scores": [0.5, 0.25, 0.75], "answers": ["c", "d", "e"], "indices": [0, 2, 4]}}
+    assert merge_stages(first, second) == {"t": {"scores": [0.5, 1.0, 0.25, 0.0, 0.75], "answers": ["c", "a", "d", "b", "e"]}}
+
+
+def full_scores(spec, trial):
+    return MergeWorker(spec).evaluate(trial.recipe)["scores"]
+
+
+def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=10, fidelity={"screen_fraction": 0.3, "confidence": 0.999})
+    study = run_search(spec, tmp_path / "study", progress=False)
+    trials = stored_trials(study)
+    promoted = [t for t in trials if t.complete and t.screening is not None]
+    assert promoted and all(t.screening["finished"] for t in promoted)
+    worker = MergeWorker(spec)
+    for trial in promoted:
+        full = worker.evaluate(trial.recipe)["scores"]
+        assert {k: trial.scores[k] for k in ("sums", "pick")} == {k: full[k] for k in ("sums", "pick")}
+        assert trial.scores["carry"] == pytest.approx(full["carry"], rel=1e-6)  # perplexity: float sums in other batches
+        assert trial.examples_scored == 40 + 40 + 25  # every example once, none twice
+    baselines = [t for t in trials if t.baseline is not None]
+    assert baselines and all(t.screening is None and t.examples_scored == 105 for t in baselines)
+
+
+def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=16, fidelity={"screen_fraction": 0.25, "confidence": 0.55, "seed": 2})
+    spec = spec.model_copy(update={"objectives": ["pick"]})  # sums is 0 for every random merge: nothing to drop on
+    folder = tmp_path / "study"
+    study = run_search(spec, folder, progress=False)
+    trials = stored_trials(study)
+    dropped = [t for t in trials if t.screened_out]
+    assert dropped, "a tiny random pool screened at 55% confidence drops some candidates"
+    assert finished_trials(study) == 16 and len(trials) == 16  # the budget counts trials, dropped ones too
+    assert all(t.state == TrialState.PRUNED and t.examples_scored == 10 + 10 + 6 for t in dropped)
+    assert all(not t.screening["finished"] for t in dropped)
+    study, info = load_study(folder)
+    records = front_records(study, info, include_all=True)
+    shown = {r["trial"]: r for r in records if r["trial"] is not None}
+    for trial in dropped:
+        assert shown[trial.number]["screened_out"] and not shown[trial.number]["on_front"]
+        assert shown[trial.number]["scores"] == trial.screening["scores"]
+        with pytest.raises(RecyclerError, match=f"trial {trial.number} did not complete \\(pruned\\)"):
+            export_trial(folder, trial.number, tmp_path / "export")
+    assert all(r["trial"] not in {t.number for t in dropped} for r in front_records(study, info))
+    assert set(study.user_attrs["screening_subset"]) == {"sums", "pick", "carry"}
+
+
+def test_the_subset_survives_a_resume(tmp_path, local_ray, search_spec):
+    spec = search_spec(trials=6, fidelity={"screen_fraction": 0.25, "confidence": 0.6})
+    folder = tmp_path / "study"
+    subset = json.dumps(run_search(spec, folder, progress=False).user_attrs["screening_subset"])
+    more = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 10})})
+    study = run_search(more, folder, progress=False)
+    assert json.dumps(study.user_attrs["screening_subset"]) == subset
+    assert finished_trials(study) == 10
+    screened = [t for t in stored_trials(study) if t.screening is not None]
+    assert all(t.examples_scored in (26, 105) for t in screened)
+    assert recipe_from_json(screened[-1].recipe) is not None
