@@ -1,8 +1,11 @@
 """Screening: score each candidate on a fixed subset of every task's examples first, and finish it
 only if it can still reach the front.
 
-The subset is the same for every candidate (paired comparisons), drawn once per study, stratified
-by prompt length and seeded, and stored on the study. A screened candidate's optimistic score per
+The subset is the same for every candidate, drawn once per study, stratified by prompt length and
+seeded, and stored on the study. The decision compares a candidate's bound from the subset with the
+front members' full scores (not their subset scores): a subset that is harder or easier than its
+task biases every candidate alike, and the bound does not model that (BENCHMARKS.md section 8
+measured its coverage below the nominal confidence on one seed). A screened candidate's optimistic score per
 objective assumes its unscored examples do as well as a one-sided confidence bound from the scored
 ones allows (Wilson's bound for 0/1 metrics, a normal bound otherwise); it is finished only if no
 fully evaluated trial dominates those optimistic scores. Finishing scores the remaining examples

@@ -316,17 +316,20 @@ class _Loop:
     def run(self) -> None:
         while True:
             self.stopping = self.stopping or self.should_stop()
+            self._finish_promoted()  # even when stopping: a promoted trial is in flight, not new work
             if not self.stopping:
                 self._fill_idle_workers()
             if not self.workers.jobs():
                 return
             self._record(self.workers.next_finished())
 
-    def _fill_idle_workers(self) -> None:
-        study, pending, screening = self.prepared.study, self.prepared.side_baselines, self.prepared.screening
+    def _finish_promoted(self) -> None:
         while self.workers.idle and self.finishing:
             job = self.finishing.pop(0)
-            self.workers.submit(job.recipe, job, examples=screening.rest)
+            self.workers.submit(job.recipe, job, examples=self.prepared.screening.rest)
+
+    def _fill_idle_workers(self) -> None:
+        study, pending, screening = self.prepared.study, self.prepared.side_baselines, self.prepared.screening
         while self.workers.idle and pending:
             label, recipe = pending.popitem()
             self.workers.submit(recipe, _Job(recipe, label=label))

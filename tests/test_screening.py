@@ -104,3 +104,21 @@ def test_the_subset_survives_a_resume(tmp_path, local_ray, search_spec):
     screened = [t for t in stored_trials(study) if t.screening is not None]
     assert all(t.examples_scored in (26, 105) for t in screened)
     assert recipe_from_json(screened[-1].recipe) is not None
+
+
+def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, local_ray, search_spec):
+    from recycler.study import JOURNAL_FILE
+
+    spec = search_spec(trials=10, workers=1, fidelity={"screen_fraction": 0.3, "confidence": 0.999})
+    folder = tmp_path / "study"
+
+    def promoted_once() -> bool:  # stop as soon as a screened candidate has been promoted
+        journal = folder / JOURNAL_FILE
+        return journal.is_file() and '"finished":true' in journal.read_text().replace(" ", "")
+
+    study = run_search(spec, folder, progress=False, should_stop=promoted_once)
+    trials = stored_trials(study)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    promoted = [t for t in trials if t.screening is not None and t.screening["finished"]]
+    assert promoted and all(t.complete and t.examples_scored == 105 for t in promoted)
+    assert finished_trials(study) < 10  # it did stop early
