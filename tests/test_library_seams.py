@@ -51,3 +51,23 @@ def test_hypervolume_of_known_cases(case):
     assert got == pytest.approx(expected), (
         f"optuna {optuna.__version__}: hypervolume of {case} is {got}, not {expected}; update recycler/library_seams.py"
     )
+
+
+def test_filters_run_over_the_instances_given_only(tmp_path):
+    """A screening stage filters the instances it scored; the others keep no filtered response."""
+    from recycler.library_seams import apply_filters_to
+    from recycler.suite import parse_suite
+    from tests.suites import add_generation_task, write_tasks
+
+    add_generation_task(write_tasks(tmp_path / "tasks"))
+    suite = parse_suite({"name": "s", "task_dir": "tasks", "held_in": [{"task": "answer", "metric": "exact_match,word"}]},
+                        tmp_path, "suite")
+    task = suite.build_tasks()["answer"]
+    task.build_all_requests(limit=6, rank=0, world_size=1)
+    scored, unscored = task.instances[:2], task.instances[2:]
+    for instance in scored:
+        instance.resps.append("42 and more")
+    apply_filters_to(task, scored)
+    message = f"lm-eval {lm_eval.__version__} keeps a task's filters elsewhere; update recycler/library_seams.py"
+    assert [i.filtered_resps.get("word") for i in scored] == ["42", "42"], message
+    assert all(not i.filtered_resps for i in unscored), message
