@@ -377,6 +377,8 @@ class _Loop:
         study, retries = self.prepared.study, self.spec.search.max_retries
         if job.trial is not None:
             if finished.died:
+                if job.stage == "rest":  # its screening examples were scored; those of the lost stage are unknown
+                    record_examples_scored(job.trial, self.prepared.screening.screened_examples)
                 fail_and_retry(study, job.trial, result["error"], retries)
                 self.progress.trial_finished(None)
             elif job.stage == "screen":
