@@ -35,6 +35,7 @@ _SCREENING = "screening"  # a screened trial: its subset scores, optimistic boun
 # Keys of study user attributes.
 _SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
 _SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task
+_BINDING = "recycler_binding"  # what the study searches: pool fingerprint, objectives, space
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,16 @@ def record_screening(trial: optuna.Trial, scores: dict[str, float], optimistic: 
     is not bounded), and the decision."""
     bounded = [value if math.isfinite(value) else None for value in optimistic]
     trial.set_user_attr(_SCREENING, {"scores": scores, "optimistic": bounded, "finished": finished})
+
+
+def study_binding(study: optuna.Study) -> dict[str, Any] | None:
+    """The pool fingerprint, objectives and space a study was created for; None for a study recycler
+    did not create (or created before it bound its studies)."""
+    return study.user_attrs.get(_BINDING)
+
+
+def record_study_binding(study: optuna.Study, binding: dict[str, Any]) -> None:
+    study.set_user_attr(_BINDING, binding)
 
 
 def screening_subset(study: optuna.Study) -> dict[str, list[int]] | None:

@@ -42,9 +42,11 @@ from recycler.records import (
     record_screening,
     record_screening_subset,
     record_side_baseline,
+    record_study_binding,
     screening_subset,
     side_baselines,
     stored_trials,
+    study_binding,
 )
 from recycler.screening import Screening, choose_subset, merge_stages
 from recycler.space import SearchSpace, load_space
@@ -112,7 +114,7 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
         keep_resident(pool, worker_device(spec), spec.resources.memory_budget)
     pool.check_finite()
-    info = bind_folder(folder, StudyInfo(
+    candidate = StudyInfo(
         name=spec.name,
         fingerprint=pool.fingerprint(),
         spec=spec.model_dump(mode="json"),
@@ -120,7 +122,10 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
         directions=directions,
         held_out=held_out,
         storage=storage,
-    ))
+    )
+    if storage is not None:  # a shared database: the name must not reach another pool's study
+        _check_shared_study(candidate)
+    info = bind_folder(folder, candidate)
     texts = suite.example_texts(tasks)
     if not prompts_kept(folder):
         write_prompts(folder, texts)
@@ -157,6 +162,28 @@ def _screening(spec: PoolSpec, suite: Suite, tasks: dict[str, Any], texts: dict[
     return Screening(subset, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks)
 
 
+def _binding(info: StudyInfo) -> dict[str, Any]:
+    return {"fingerprint": info.fingerprint, "objectives": info.objectives, "space": info.spec["search"]["space"]}
+
+
+def _check_shared_study(info: StudyInfo) -> None:
+    """Refuse a study name that, in this database, belongs to a study of another pool, objectives or
+    space (a team's database holds many people's studies): joining it would mix their trials."""
+    try:
+        existing = optuna.load_study(study_name=info.name, storage=info.storage)
+    except KeyError:
+        return
+    bound = study_binding(existing)
+    if bound is None and existing.trials:
+        raise RecyclerError(f"--storage: the database already holds a study '{info.name}' that recycler did not make "
+                            "for this pool; give this study another name (spec `name`)")
+    if bound is not None and bound != _binding(info):
+        what = "another pool" if bound["fingerprint"] != info.fingerprint else "other objectives or another space"
+        raise RecyclerError(f"--storage: the study '{info.name}' in this database searches {what} (fingerprint "
+                            f"{bound['fingerprint'][:12]}, this pool {info.fingerprint[:12]}); give this study another "
+                            "name (spec `name`)")
+
+
 def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
     """Create or load the study; the sampler's seed moves on with the trials already run, so a
     resumed search does not propose the same points again."""
@@ -176,6 +203,8 @@ def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(info.objectives)
+    if study_binding(study) is None:
+        record_study_binding(study, _binding(info))
     return study
 
 

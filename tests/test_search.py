@@ -161,3 +161,31 @@ def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray, sear
     weights.write_bytes(bytes(data))
     with pytest.raises(RecyclerError, match="model.safetensors: sha256 differs from the manifest"):
         verify_export(out)
+
+
+def test_a_shared_database_refuses_a_study_name_of_another_pool(tmp_path, local_ray, search_spec):
+    """Two people's studies named alike in one database (SQLite here, as a shared RDB) must not mix."""
+    import yaml
+
+    from recycler.demo.tiny import write_pool
+    from recycler.errors import RecyclerError
+    from recycler.spec import load_spec
+
+    url = f"sqlite:///{tmp_path / 'team.db'}"
+    spec = search_spec(trials=4)
+    run_search(spec, tmp_path / "mine", storage=url, progress=False)
+
+    other_path = write_pool(tmp_path / "other", 3, width=24)  # another pool, the same study name
+    other = yaml.safe_load(other_path.read_text())
+    other.update(name=spec.name, suite=str(tmp_path / "suite" / "suite.yaml"), search=spec.search.model_dump(mode="json"))
+    other_path.write_text(yaml.safe_dump(other))
+    with pytest.raises(RecyclerError, match=f"--storage: the study '{spec.name}' in this database searches another pool"):
+        prepare_study(load_spec(other_path), tmp_path / "theirs", storage=url)
+    assert not (tmp_path / "theirs").exists()  # nothing written
+
+    linear = spec.model_copy(update={"search": spec.search.model_copy(update={"space": "linear"})})
+    with pytest.raises(RecyclerError, match="searches other objectives or another space"):
+        prepare_study(linear, tmp_path / "linear", storage=url)
+
+    joined = prepare_study(spec, tmp_path / "second-driver", storage=url)  # the same pool: a second driver joins
+    assert finished_trials(joined.study) == 4
