@@ -85,10 +85,10 @@ class WorkerPool(Generic[Job]):
         return Finished(job, result, died=False)
 
     def close(self) -> None:
+        """Kill every worker, which ends the jobs in flight on them (Ray cannot force-cancel an
+        actor's task, and a search ending on an error must not raise another one here)."""
         import ray
 
-        for ref in self._in_flight:
-            ray.cancel(ref, force=True)
         self._in_flight.clear()
         for worker in self.workers:
             ray.kill(worker)

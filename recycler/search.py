@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from transformers import AutoTokenizer
 
 from recycler.baselines import baseline_recipes
 from recycler.cluster import Finished, WorkerPool, worker_device
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, one_line
 from recycler.examples import prompts_kept, write_prompts, write_results
 from recycler.front import FrontTracker, reference_point
 from recycler.merge import keep_resident
@@ -442,14 +443,26 @@ def run_search(
 
     should_stop, checked each time a worker frees up, ends the search early once the trials in flight finish.
     """
-    prepared = prepare_study(spec, Path(folder), storage)
+    try:
+        return _search(spec, Path(folder), storage, address, progress, should_stop or (lambda: False))
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+        cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+        if not isinstance(cause, sqlalchemy.exc.OperationalError):  # bad data, not a lost connection
+            raise
+        raise RecyclerError(f"--storage: lost the study's database ({one_line(cause.orig or cause, 200)}); every "
+                            "finished trial is kept there: run the same command again to resume") from None
+
+
+def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | None, progress: bool,
+            should_stop: Callable[[], bool]) -> optuna.Study:
+    prepared = prepare_study(spec, folder, storage)
     requeue_interrupted(prepared.study)
     if finished_trials(prepared.study) >= spec.search.trials and not prepared.side_baselines:
         return prepared.study
     workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
     bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
     try:
-        _Loop(prepared, spec, workers, bar, should_stop or (lambda: False)).run()
+        _Loop(prepared, spec, workers, bar, should_stop).run()
     finally:
         bar.close()
         workers.close()

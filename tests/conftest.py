@@ -60,3 +60,15 @@ def pool_spec(tmp_path):
         return spec
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/postgres.py), stopped and removed at the end."""
+    from tests.postgres import PostgresServer, available
+
+    if not available():
+        pytest.skip("Debian's PostgreSQL 15 is not installed")
+    server = PostgresServer.start_new()
+    yield server
+    server.remove()

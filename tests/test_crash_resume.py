@@ -1,46 +1,20 @@
 """`recycler run` killed with SIGKILL at random moments, ten times, then run to the end."""
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 
-import psutil
 import yaml
 from optuna.trial import TrialState
 
 from recycler.demo.tiny import write_pool
 from recycler.study import load_study
+from tests.processes import kill_tree, start_run
 from tests.suites import write_suite
 
 KILLS = 10
 TRIALS = 120
 STARTUP_KILLS = {0, 5}  # these kills land at a random moment of start-up; the rest mid-search
-
-
-def start_run(spec_path, folder):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "recycler.cli", "run", str(spec_path), "--study", str(folder), "--quiet"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-
-
-def kill_tree(process):
-    """SIGKILL the driver and everything it started (its local Ray included)."""
-    try:
-        family = [process.pid] + [c.pid for c in psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = [process.pid]
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
 
 
 def snapshot(folder):
