@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 from recycler.errors import RecyclerError
 from recycler.export import export_trial
 from recycler.front import front_records
-from recycler.records import stored_trials
 from recycler.recipes import recipe_from_json
+from recycler.records import stored_trials
 from recycler.screening import Screening, choose_subset, complement, merge_stages
 from recycler.search import finished_trials, run_search
 from recycler.study import load_study
