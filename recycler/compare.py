@@ -17,14 +17,15 @@ from recycler.examples import (
     read_results,
     results_kept,
 )
-from recycler.records import ExampleComparison, ExampleRow, FrontEntry, TaskComparison
+from recycler.records import (
+    ExampleComparison,
+    ExampleRow,
+    FrontEntry,
+    TaskComparison,
+    entry_key,
+)
 from recycler.selection import rank
 from recycler.study import StudyInfo
-
-
-def _key(entry: FrontEntry) -> int | str:
-    """Where a candidate's results are kept: its trial number, or a side baseline's label."""
-    return entry["baseline_name"] if entry["trial"] is None else entry["trial"]
 
 
 def candidate_name(entry: FrontEntry) -> str:
@@ -51,7 +52,7 @@ def default_beside(study_dir: Path, records: list[FrontEntry], info: StudyInfo, 
     """The best baseline other than the candidate that kept its examples: the most balanced one
     (best worst objective, normalized over the baselines), the strongest simple alternative."""
     kept = [r for r in records if r["baseline"] and r["baseline_name"] != candidate["baseline_name"]
-            and results_kept(study_dir, _key(r))]
+            and results_kept(study_dir, entry_key(r))]
     return rank(kept, info, None)[0]["baseline_name"] if kept else None
 
 
@@ -75,10 +76,10 @@ class _Reader:
     def __init__(self, study_dir: Path, records: list[FrontEntry], beside: str | None) -> None:
         self.study_dir, self.beside = study_dir, beside
         self.prompts = read_prompts(study_dir)
-        self.theirs = read_results(study_dir, _key(find_candidate(records, baseline=beside))) if beside is not None else None
+        self.theirs = read_results(study_dir, entry_key(find_candidate(records, baseline=beside))) if beside is not None else None
 
     def compare(self, candidate: FrontEntry, count: int) -> ExampleComparison:
-        results = read_results(self.study_dir, _key(candidate))
+        results = read_results(self.study_dir, entry_key(candidate))
         if results is None or self.prompts is None:
             return ExampleComparison(beside=self.beside, kept=False, tasks={})
         tasks = {

@@ -238,6 +238,12 @@ class FrontEntry(TypedDict):
     examples: NotRequired[Annotated[ExampleComparison, Field(description="merges and front members, when asked (`--examples N`)")]]
 
 
+def entry_key(entry: FrontEntry) -> int | str:
+    """What names a front entry in plots and in the study folder: its trial number, or a side
+    baseline's label."""
+    return entry["baseline_name"] if entry["trial"] is None else entry["trial"]
+
+
 class FrontDocument(TypedDict):
     """The document `recycler front --format json` prints and the API returns."""
 

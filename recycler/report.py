@@ -19,7 +19,7 @@ from recycler.front import (
     hypervolume_history,
     most_balanced,
 )
-from recycler.records import FrontEntry, stored_trials
+from recycler.records import FrontEntry, entry_key, stored_trials
 from recycler.selection import narrow
 from recycler.study import StudyInfo, load_study
 
@@ -37,11 +37,6 @@ def _kind(r: dict) -> str:
     if r.get("screened_out"):
         return "screened"
     return "baseline" if r["baseline"] else ("front" if r["on_front"] else "merge")
-
-
-def point_key(r: dict) -> int | str:
-    """What a plotted point carries: its trial number, or a side baseline's name."""
-    return r["baseline_name"] if r["trial"] is None else r["trial"]
 
 
 def _hover(r: dict) -> str:
@@ -67,12 +62,12 @@ def front_figure(records: list[dict], objectives: list[str]) -> go.Figure:
                 x=[r["scores"][objectives[0]] for r in group], y=[r["scores"][objectives[1]] for r in group],
                 mode="markers+text" if kind == "baseline" else "markers", name=label, marker=_STYLE[kind],
                 text=[r["baseline_name"] or "" for r in group] if kind == "baseline" else None,
-                textposition="top center", hovertext=text, hoverinfo="text", customdata=[point_key(r) for r in group],
+                textposition="top center", hovertext=text, hoverinfo="text", customdata=[entry_key(r) for r in group],
             ))
         else:
             figure.add_trace(go.Splom(
                 dimensions=[{"label": o, "values": [r["scores"][o] for r in group]} for o in objectives],
-                name=label, marker=_STYLE[kind], hovertext=text, hoverinfo="text", customdata=[point_key(r) for r in group],
+                name=label, marker=_STYLE[kind], hovertext=text, hoverinfo="text", customdata=[entry_key(r) for r in group],
                 diagonal_visible=False,
             ))
     if len(objectives) == 2:

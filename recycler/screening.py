@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from recycler.evaluate import Selection
 from recycler.front import dominates
 
-Selection = dict[str, list[int]]
 
-
-def choose_subset(prompts: Mapping[str, list[Mapping[str, str]]], fraction: float, seed: int) -> Selection:
+def choose_subset(prompts: Mapping[str, list[Mapping[str, str]]], fraction: float, seed: int) -> dict[str, list[int]]:
     """Per task, about `fraction` of its examples: the examples sorted by prompt length are cut into
     equal strata and one is drawn from each, so short and long prompts are both represented."""
     subset = {}
@@ -39,7 +38,7 @@ def choose_subset(prompts: Mapping[str, list[Mapping[str, str]]], fraction: floa
     return subset
 
 
-def complement(subset: Selection, totals: Mapping[str, int]) -> Selection:
+def complement(subset: Selection, totals: Mapping[str, int]) -> dict[str, list[int]]:
     return {task: sorted(set(range(total)) - set(subset.get(task, ()))) for task, total in totals.items()}
 
 
@@ -63,13 +62,13 @@ def _rest_bound(values: list[float], z: float, upper: bool) -> float:
 class Screening:
     """The study's screening: its subset, each task's example count, and the confidence bound."""
 
-    subset: Selection
+    subset: dict[str, list[int]]
     totals: dict[str, int]
     confidence: float
     mean_tasks: frozenset[str]  # tasks whose score is the mean of their examples' values
 
     @property
-    def rest(self) -> Selection:
+    def rest(self) -> dict[str, list[int]]:
         return complement(self.subset, self.totals)
 
     @property

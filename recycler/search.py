@@ -163,10 +163,6 @@ def _screening(spec: PoolSpec, suite: Suite, tasks: dict[str, Any], texts: dict[
     return Screening(subset, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks)
 
 
-def _binding(info: StudyInfo) -> dict[str, Any]:
-    return {"fingerprint": info.fingerprint, "objectives": info.objectives, "space": info.spec["search"]["space"]}
-
-
 def _check_shared_study(info: StudyInfo) -> None:
     """Refuse a study name that, in this database, belongs to a study of another pool, objectives or
     space (a team's database holds many people's studies): joining it would mix their trials."""
@@ -178,7 +174,7 @@ def _check_shared_study(info: StudyInfo) -> None:
     if bound is None and existing.trials:
         raise RecyclerError(f"--storage: the database already holds a study '{info.name}' that recycler did not make "
                             "for this pool; give this study another name (spec `name`)")
-    if bound is not None and bound != _binding(info):
+    if bound is not None and bound != info.binding:
         what = "another pool" if bound["fingerprint"] != info.fingerprint else "other objectives or another space"
         raise RecyclerError(f"--storage: the study '{info.name}' in this database searches {what} (fingerprint "
                             f"{bound['fingerprint'][:12]}, this pool {info.fingerprint[:12]}); give this study another "
@@ -205,7 +201,7 @@ def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(info.objectives)
     if study_binding(study) is None:
-        record_study_binding(study, _binding(info))
+        record_study_binding(study, info.binding)
     return study
 
 

@@ -39,6 +39,11 @@ class StudyInfo:
         return PoolSpec.model_validate(self.spec)
 
     @property
+    def binding(self) -> dict:
+        """What a study's trials are only comparable under: the pool, the objectives, the space."""
+        return {"fingerprint": self.fingerprint, "objectives": self.objectives, "space": self.spec["search"]["space"]}
+
+    @property
     def checkpoints(self) -> list[str]:
         return [c["name"] for c in self.spec["checkpoints"]]
 
@@ -71,7 +76,7 @@ def bind_folder(folder: Path, info: StudyInfo) -> StudyInfo:
     existing = read_info(folder)
     if existing.fingerprint != info.fingerprint:
         raise RecyclerError(f"{folder}: study belongs to another pool (fingerprint {existing.fingerprint[:12]}, this pool {info.fingerprint[:12]})")
-    if existing.objectives != info.objectives or existing.spec["search"]["space"] != info.spec["search"]["space"]:
+    if existing.binding != info.binding:
         raise RecyclerError(f"{folder}: study searched other objectives or another space; use a new study folder")
     return existing
 

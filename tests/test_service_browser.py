@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 import yaml
 
-from recycler.report import point_key
+from recycler.records import entry_key
 from recycler.service import ServiceConfig, create_app
 from tests.service_auth import AUTH, TOKEN
 from tests.suites import add_generation_task
@@ -73,8 +73,8 @@ def test_page_plots_the_api_front(server, tmp_path, pool_spec):
             plotted = {name: sorted(map(tuple, t["points"]), key=str) for t in traces for name in [t["name"]]}
             sums, pick = front["objectives"]
             expected = {
-                "Pareto front": sorted(((point_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["on_front"] and not r["baseline"]), key=str),
-                "baselines": sorted(((point_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["baseline"]), key=str),
+                "Pareto front": sorted(((entry_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["on_front"] and not r["baseline"]), key=str),
+                "baselines": sorted(((entry_key(r), r["scores"][sums], r["scores"][pick]) for r in front["trials"] if r["baseline"]), key=str),
             }
             assert {k: v for k, v in plotted.items() if k != "dominated merges"} == expected
             assert sum(map(len, plotted.values())) == len(trials["trials"])
