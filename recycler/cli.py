@@ -169,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         print(f"page: http://{args.host}:{args.port}/#token={token}")
     roots = [Path(r) for r in args.allow_root] or [Path.cwd()]
     address = args.address or os.environ.get("RAY_ADDRESS")
-    config = ServiceConfig(data=data, roots=roots, token=token, address=address, max_body_bytes=args.max_body_bytes)
+    config = ServiceConfig(data=data, roots=roots, token=token, address=address, storage=args.storage,
+                           max_body_bytes=args.max_body_bytes)
     print(f"recycler serve: http://{args.host}:{args.port}/ (data {data}; allowed roots {', '.join(map(str, roots))})", flush=True)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
 
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder under which checkpoints, suites and exports may lie (repeat; default: the current folder)")
     serve.add_argument("--token-file", help="bearer token file (default DATA/token, created 0600 on first start); RECYCLER_TOKEN overrides")
     serve.add_argument("--address", help="Ray cluster address to join (default: RAY_ADDRESS, else a local Ray)")
+    serve.add_argument("--storage", metavar="URL", help="database URL for the studies' trials (as `recycler run "
+                       "--storage`); the page then also lists the studies `recycler run` keeps there from other machines")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.set_defaults(handler=_cmd_serve)
 

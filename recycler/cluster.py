@@ -1,14 +1,17 @@
 """The search's workers on Ray: start them, hand each a candidate, collect results, replace the dead.
 
-Each worker is an actor that holds the pool and a resident model for the whole search; a worker that
-dies (killed, out of memory, an exception while scoring) is replaced and its job reported failed, so
-the search decides what to retry.
+Each worker is an actor that holds the pool and a resident model for the whole search, placed by
+Ray on whichever node of the cluster has its resources (CPU slots, or GPUs). A worker that dies
+(killed, out of memory, an exception while scoring, its node lost) has its job reported failed, so
+the search decides what to retry, and a replacement is asked for; the search goes on with the
+workers it has while the replacement waits for room, which a lost node may never give back.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -57,6 +60,8 @@ class WorkerPool(Generic[Job]):
         self.workers: list[Any] = []
         self.idle: list[Any] = []
         self._in_flight: dict[Any, tuple[Any, Job]] = {}
+        self._replacing: dict[Any, Any] = {}  # a starting replacement's ready() reference -> the worker
+        self._short_since: float | None = None  # since when no worker has been alive, replacements pending
         self._start(spec.resources.workers)
 
     def submit(self, recipe: MergeRecipe, job: Job, examples: dict[str, list[int]] | None = None) -> None:
@@ -68,21 +73,65 @@ class WorkerPool(Generic[Job]):
     def jobs(self) -> list[Job]:
         return [job for _, job in self._in_flight.values()]
 
-    def next_finished(self) -> Finished[Job]:
-        """Wait for the first job in flight to finish; a worker lost on the way is replaced."""
+    def next_finished(self, timeout: float) -> Finished[Job] | None:
+        """Wait up to `timeout` seconds for the first job in flight to finish; None if none did, or
+        if a replacement worker joined instead. A worker lost on the way is replaced."""
         import ray
 
-        (ref,), _ = ray.wait(list(self._in_flight), num_returns=1)
-        worker, job = self._in_flight.pop(ref)
+        self._check_placement()
+        waiting = [*self._in_flight, *self._replacing]
+        if not waiting:
+            time.sleep(timeout)
+            return None
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+        if not ready:
+            return None
+        if ready[0] in self._replacing:
+            self._joined(ready[0])
+            return None
+        worker, job = self._in_flight.pop(ready[0])
         try:
-            result = ray.get(ref)
+            result = ray.get(ready[0])
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as error:
             self.workers.remove(worker)
             ray.kill(worker)
-            self._start(1)
+            self._replace()
             return Finished(job, {"error": _describe(error)}, died=True)
         self.idle.append(worker)
         return Finished(job, result, died=False)
+
+    def _replace(self) -> None:
+        """Ask for a new worker without waiting for it: Ray starts it where there is room."""
+        handle = self._actor().remote(self.spec, worker_device(self.spec).type, self._cpus())
+        self._replacing[handle.ready.remote()] = handle
+        if not self.workers and self._short_since is None:
+            self._short_since = time.monotonic()
+
+    def _joined(self, ready: Any) -> None:
+        import ray
+
+        handle = self._replacing.pop(ready)
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayError as error:
+            ray.kill(handle)
+            raise RecyclerError(_startup_failure(error, self.spec, 1)) from None
+        self.workers.append(handle)
+        self.idle.append(handle)
+        self._short_since = None
+
+    def _check_placement(self) -> None:
+        """With every worker lost and none of their replacements placed for the placement timeout,
+        end the search with one line: the cluster no longer has room for a worker."""
+        import ray
+
+        limit = self.spec.resources.placement_timeout_seconds
+        if self.workers or self._short_since is None or time.monotonic() - self._short_since < limit:
+            return
+        for handle in self._replacing.values():
+            ray.kill(handle)
+        self._replacing.clear()
+        raise RecyclerError(_no_room(self.spec, limit))
 
     def close(self) -> None:
         """Kill every worker, which ends the jobs in flight on them (Ray cannot force-cancel an
@@ -90,9 +139,10 @@ class WorkerPool(Generic[Job]):
         import ray
 
         self._in_flight.clear()
-        for worker in self.workers:
+        for worker in [*self.workers, *self._replacing.values()]:
             ray.kill(worker)
         self.workers.clear()
+        self._replacing.clear()
         self.idle.clear()
 
     def _start(self, count: int) -> None:
@@ -101,19 +151,21 @@ class WorkerPool(Generic[Job]):
         import ray
         from tqdm import tqdm
 
-        from recycler.workers import MergeWorker
-
-        resources = self.spec.resources
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // resources.workers)
-        actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=resources.gpus_per_worker, max_concurrency=1)
-        started = [actor.remote(self.spec, worker_device(self.spec).type, cpus) for _ in range(count)]
+        cpus = self._cpus()
+        started = [self._actor().remote(self.spec, worker_device(self.spec).type, cpus) for _ in range(count)]
         waiting = [handle.ready.remote() for handle in started]
+        limit = self.spec.resources.placement_timeout_seconds
+        deadline = time.monotonic() + limit
         with tqdm(total=count, desc="starting workers", unit="worker", delay=2.0, disable=not self.progress,
                   dynamic_ncols=True) as bar:
             while waiting:
-                (ready,), waiting = ray.wait(waiting, num_returns=1)
+                ready, waiting = ray.wait(waiting, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:  # not placed in time: the cluster has no room for them
+                    for handle in started:
+                        ray.kill(handle)
+                    raise RecyclerError(_no_room(self.spec, limit))
                 try:
-                    ray.get(ready)
+                    ray.get(ready[0])
                 except ray.exceptions.RayError as error:
                     for handle in started:
                         ray.kill(handle)
@@ -121,6 +173,20 @@ class WorkerPool(Generic[Job]):
                 bar.update(1)
         self.workers += started
         self.idle += started
+
+    def _cpus(self) -> int:
+        """CPU slots per worker: the cluster's CPUs shared among the workers asked for."""
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)) // self.spec.resources.workers)
+
+    def _actor(self) -> Any:
+        import ray
+
+        from recycler.workers import MergeWorker
+
+        resources = self.spec.resources
+        return ray.remote(MergeWorker).options(num_cpus=self._cpus(), num_gpus=resources.gpus_per_worker, max_concurrency=1)
 
 
 def _describe(error: Exception) -> str:
@@ -130,6 +196,19 @@ def _describe(error: Exception) -> str:
         cause = error.cause
         return f"{type(cause).__name__}: {one_line(cause, 400)}"
     return f"worker died: {one_line(error, 400)}"
+
+
+def _no_room(spec: PoolSpec, seconds: int) -> str:
+    """One line for workers the cluster could not place: what a worker asks for, what the cluster has."""
+    import ray
+
+    have = ray.available_resources()
+    resources = spec.resources
+    asks = f"{resources.gpus_per_worker:g} GPU(s) each" if resources.gpus_per_worker else "CPU slots"
+    return (f"no room in the Ray cluster for a worker after {seconds} s (resources.placement_timeout_seconds): "
+            f"{resources.workers} worker(s) asked for {asks}, the cluster has {have.get('CPU', 0):g} CPU(s) and "
+            f"{have.get('GPU', 0):g} GPU(s) free on {len([n for n in ray.nodes() if n['Alive']])} live node(s); "
+            "lower resources.workers or add nodes")
 
 
 def _startup_failure(error: Exception, spec: PoolSpec, count: int) -> str:

@@ -36,6 +36,9 @@ _SCREENING = "screening"  # a screened trial: its subset scores, optimistic boun
 _SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
 _SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task
 _BINDING = "recycler_binding"  # what the study searches: pool fingerprint, objectives, space
+_STUDY = "recycler_study"  # the whole study description (study.json), so a reader needs only the database
+# Key of a trial user attribute in a study's companion queue of side baselines (recycler/coordination.py).
+_CLAIMS_LABEL = "side_baseline"  # the label of the side baseline this claim scores
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,16 @@ def study_binding(study: optuna.Study) -> dict[str, Any] | None:
     return study.user_attrs.get(_BINDING)
 
 
-def record_study_binding(study: optuna.Study, binding: dict[str, Any]) -> None:
+def record_study_binding(study: optuna.Study, binding: dict[str, Any], description: dict[str, Any]) -> None:
+    """Bind the study to what it searches, and keep its description (study.json's fields but the
+    storage) for readers on other machines, such as a service on the same database."""
     study.set_user_attr(_BINDING, binding)
+    study.set_user_attr(_STUDY, description)
+
+
+def study_description(user_attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """A study's description from its user attributes (None for one recycler did not make)."""
+    return user_attrs.get(_STUDY)
 
 
 def screening_subset(study: optuna.Study) -> dict[str, list[int]] | None:
@@ -182,6 +193,20 @@ def side_baselines(study: optuna.Study) -> dict[str, SideBaseline]:
         for key, value in study.user_attrs.items()
         if key.startswith(_SIDE_BASELINE)
     }
+
+
+def side_baseline_queue(study_name: str) -> str:
+    """The name of the companion study whose waiting trials are the side baselines still to score."""
+    return f"{study_name}:side-baselines"
+
+
+def queue_side_baseline(claims: optuna.Study, label: str) -> None:
+    claims.enqueue_trial({}, user_attrs={_CLAIMS_LABEL: label}, skip_if_exists=False)
+
+
+def claimed_side_baseline(trial: FrozenTrial) -> str | None:
+    """The side baseline a trial of the companion queue stands for (None for a trial of a study)."""
+    return trial.user_attrs.get(_CLAIMS_LABEL)
 
 
 def record_side_baseline(study: optuna.Study, baseline: SideBaseline) -> None:

@@ -6,14 +6,19 @@ express are its first trials, the others are recorded on the study beside the tr
 trials are in flight as there are workers; a new one is asked for the moment a worker frees up.
 Every finished trial is in Optuna storage at once, so a killed search resumes where it stopped and
 never re-runs a finished trial. Each scored candidate's per-example results go to the study folder
-(recycler/examples.py) before the candidate is recorded, so every completed trial has them.
+(recycler/examples.py) before the candidate is recorded, so every completed trial has them. With
+the study in a database, several drivers (on several machines) can run it together
+(recycler/coordination.py): the budget counts every driver's trials.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,15 @@ from transformers import AutoTokenizer
 
 from recycler.baselines import baseline_recipes
 from recycler.cluster import Finished, WorkerPool, worker_device
+from recycler.coordination import (
+    Heartbeat,
+    ask,
+    claim_side_baseline,
+    fail_lost_trials,
+    folder_lock,
+    requeue_lost,
+    shares_storage,
+)
 from recycler.errors import RecyclerError, one_line
 from recycler.examples import prompts_kept, write_prompts, write_results
 from recycler.front import FrontTracker, reference_point
@@ -36,6 +50,7 @@ from recycler.records import (
     StoredTrial,
     queue_again,
     queue_baseline,
+    queue_side_baseline,
     record_candidate,
     record_error,
     record_examples_scored,
@@ -45,6 +60,7 @@ from recycler.records import (
     record_side_baseline,
     record_study_binding,
     screening_subset,
+    side_baseline_queue,
     side_baselines,
     stored_trials,
     study_binding,
@@ -83,13 +99,16 @@ def _objectives(spec: PoolSpec, suite: Suite, tasks: dict[str, Any]) -> tuple[li
 
 @dataclass(frozen=True)
 class PreparedStudy:
-    """A study ready to run: its storage and folder, what it searches, and the side baselines still to score."""
+    """A study ready to run: its storage and folder, what it searches, and the queue of baselines
+    it scores beside the trials."""
 
     study: optuna.Study
+    storage: optuna.storages.BaseStorage
     folder: Path
     info: StudyInfo
     space: SearchSpace
-    side_baselines: dict[str, MergeRecipe]  # baselines the space cannot express, not scored yet
+    side_recipes: dict[str, MergeRecipe]  # baselines the space cannot express, by label
+    side_queue: optuna.Study  # those still to score wait there as trials (recycler/coordination.py)
     suite: Suite
     tasks: dict[str, Any]  # the suite's lm-eval tasks, whose aggregations put screened stages together
     screening: Screening | None  # None: every candidate is scored on every example
@@ -130,17 +149,18 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     texts = suite.example_texts(tasks)
     if not prompts_kept(folder):
         write_prompts(folder, texts)
-    study = _open_study(folder, info, spec)
+    storage = storage_for(folder, info, spec.resources.heartbeat_seconds)
+    study, created = _open_study(storage, info, spec)
     baselines = baseline_recipes(pool.names, pool.base is not None)
-    if not study.trials:
+    if created:  # only the driver that made the study queues its baselines, so each is scored once
         for label, recipe in baselines.items():
             params = space.params_for(recipe)
             if params is not None:
                 queue_baseline(study, params, label)
-    scored = side_baselines(study)
-    side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None and label not in scored}
+    side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None}
+    side_queue = _open_side_queue(storage, study, info, side)
     screening = _screening(spec, suite, tasks, texts, study) if spec.search.fidelity is not None else None
-    return PreparedStudy(study, folder, info, space, side, suite, tasks, screening)
+    return PreparedStudy(study, storage, folder, info, space, side, side_queue, suite, tasks, screening)
 
 
 def _check_screenable(suite: Suite, tasks: dict[str, Any]) -> None:
@@ -181,42 +201,65 @@ def _check_shared_study(info: StudyInfo) -> None:
                             "name (spec `name`)")
 
 
-def _open_study(folder: Path, info: StudyInfo, spec: PoolSpec) -> optuna.Study:
-    """Create or load the study; the sampler's seed moves on with the trials already run, so a
-    resumed search does not propose the same points again."""
-    storage = storage_for(folder, info)
+def _create_or_load(storage: optuna.storages.BaseStorage, name: str, info: StudyInfo,
+                    sampler: optuna.samplers.BaseSampler | None = None) -> tuple[optuna.Study, bool]:
+    """The study of that name, and whether this driver made it: of several drivers starting at
+    once, exactly one does (the storage refuses a second study of one name)."""
     try:
-        finished = len(optuna.load_study(study_name=info.name, storage=storage).trials)
+        study = optuna.create_study(study_name=name, storage=storage, directions=info.directions, sampler=sampler)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler), False
+    with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(info.objectives)  # tools such as optuna-dashboard label the objectives by them
+    return study, True
+
+
+def _open_study(storage: optuna.storages.BaseStorage, info: StudyInfo, spec: PoolSpec) -> tuple[optuna.Study, bool]:
+    """Create or load the study, and say whether this driver created it. The sampler's seed moves on
+    with the trials already run, so a resumed search does not propose the same points again; in a
+    database, each driver's is drawn afresh, so drivers running together do not propose the same ones."""
+    try:
+        trials = len(optuna.load_study(study_name=info.name, storage=storage).trials)
     except KeyError:
-        finished = 0
-    study = optuna.create_study(
-        study_name=info.name,
-        storage=storage,
-        directions=info.directions,
-        sampler=make_sampler(spec.search.sampler, spec.search.seed + finished),
-        load_if_exists=True,
-    )
-    if study.metric_names is None:  # tools such as optuna-dashboard label the objectives by them
-        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(info.objectives)
+        trials = 0
+    seed = spec.search.seed + trials
+    if shares_storage(storage):
+        seed += random.SystemRandom().randrange(1 << 30)
+    study, created = _create_or_load(storage, info.name, info, make_sampler(spec.search.sampler, seed))
     if study_binding(study) is None:
-        record_study_binding(study, info.binding)
-    return study
+        record_study_binding(study, info.binding, info.description)
+    return study, created
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed search: mark them failed and queue their parameters again.
+def _open_side_queue(storage: optuna.storages.BaseStorage, study: optuna.Study, info: StudyInfo,
+                     side: dict[str, MergeRecipe]) -> optuna.Study:
+    """The companion study whose waiting trials are the side baselines still to score; whoever makes
+    it fills it with those not scored yet (all, for a new study)."""
+    queue, created = _create_or_load(storage, side_baseline_queue(info.name), info)
+    if created:
+        scored = side_baselines(study)
+        for label in side:
+            if label not in scored:
+                queue_side_baseline(queue, label)
+    return queue
+
+
+def requeue_interrupted(prepared: PreparedStudy) -> None:
+    """Trials and side baselines left RUNNING by a killed driver: mark them failed and queue their
+    work again. In a database that happens once the driver's heartbeat is stale (another driver may
+    be running them); a journal file has one driver at a time, so all of them at once.
 
     A trial killed before all its parameters were drawn (its recipe is recorded once they are)
     had nothing evaluated; it is failed only. Being interrupted does not use up an attempt.
     """
-    interrupted = [t for t in stored_trials(study) if t.state == TrialState.RUNNING]
-    for trial in interrupted:
-        study.tell(trial.number, state=TrialState.FAIL)
-        if trial.recipe is not None:
-            queue_again(study, trial, attempt=trial.attempt)
-    return len(interrupted)
+    for study in (prepared.study, prepared.side_queue):
+        if shares_storage(prepared.storage):
+            fail_lost_trials(study)
+            continue
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+            requeue_lost(study, trial)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -229,6 +272,11 @@ def finished_trials(study: optuna.Study) -> int:
         for t in trials
         if t.complete or t.screened_out or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
     )
+
+
+def running_trials(study: optuna.Study) -> int:
+    """Trials in flight, on any driver."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def fail_and_retry(study: optuna.Study, trial: optuna.Trial, error: str, max_retries: int) -> bool:
@@ -274,6 +322,7 @@ class _Job:
     recipe: MergeRecipe
     trial: optuna.Trial | None = None
     label: str | None = None
+    claim: int | None = None  # the side baseline's trial number in the study's queue of them
     stage: str = "all"  # "screen": the screening subset; "rest": the examples screening left
     screened: dict[str, Any] | None = None  # the screening stage's result, for "rest"
 
@@ -293,9 +342,9 @@ class _Progress:
         self.saved = sum(self.full_cost - t.examples_scored for t in stored_trials(study) if t.screened_out) if screening else 0
 
     def trial_finished(self, values: list[float] | None, examples_scored: int = 0) -> None:
-        """One more trial counts against the budget: with its objective values if it completed, and
-        the examples it scored."""
-        self.bar.update(1)
+        """One more trial of this driver counts against the budget: with its objective values if it
+        completed, and the examples it scored. The bar counts every driver's trials."""
+        self.bar.n = finished_trials(self.study)
         self.scored += examples_scored
         if self.full_cost is not None and values is None and examples_scored:
             self.saved += self.full_cost - examples_scored
@@ -327,27 +376,47 @@ class _Progress:
 
 @dataclass
 class _Loop:
-    """One run of the search: keeps every worker busy with a trial or a baseline, records what comes
-    back, and retries what a lost worker was scoring."""
+    """One driver's run of the search: keeps its workers busy with a trial or a baseline, records
+    what comes back, retries what a lost worker was scoring, beats for what it has in flight, and
+    requeues the trials of drivers that stopped beating."""
 
     prepared: PreparedStudy
     spec: PoolSpec
     workers: WorkerPool[_Job]
     progress: _Progress
+    heartbeat: Heartbeat
     should_stop: Callable[[], bool]
     lost_baselines: dict[str, int] = field(default_factory=dict)  # side baselines whose worker died, by label
     finishing: list[_Job] = field(default_factory=list)  # screened trials promoted, waiting for a worker
+    rescoring: list[_Job] = field(default_factory=list)  # side baselines whose worker died, waiting for another
     stopping: bool = False
+    checked_lost: float = 0.0  # when the study was last checked for trials of a driver that stopped beating
 
     def run(self) -> None:
         while True:
+            self._requeue_lost()
             self.stopping = self.stopping or self.should_stop()
             self._finish_promoted()  # even when stopping: a promoted trial is in flight, not new work
             if not self.stopping:
                 self._fill_idle_workers()
-            if not self.workers.jobs():
+            if not self.workers.jobs() and self._done():
                 return
-            self._record(self.workers.next_finished())
+            finished = self.workers.next_finished(timeout=self.spec.resources.heartbeat_seconds)
+            if finished is not None:
+                self._record(finished)
+
+    def _done(self) -> bool:
+        """With nothing in flight here: whether this driver is through. It waits while the budget is
+        not met and other drivers' trials are in flight, since one that fails is queued again."""
+        return self.stopping or finished_trials(self.prepared.study) >= self.spec.search.trials
+
+    def _requeue_lost(self) -> None:
+        if time.monotonic() - self.checked_lost < self.spec.resources.heartbeat_seconds:
+            return
+        self.checked_lost = time.monotonic()
+        if shares_storage(self.prepared.storage):
+            fail_lost_trials(self.prepared.study)
+            fail_lost_trials(self.prepared.side_queue)
 
     def _finish_promoted(self) -> None:
         while self.workers.idle and self.finishing:
@@ -355,29 +424,33 @@ class _Loop:
             self.workers.submit(job.recipe, job, examples=self.prepared.screening.rest)
 
     def _fill_idle_workers(self) -> None:
-        study, pending, screening = self.prepared.study, self.prepared.side_baselines, self.prepared.screening
-        while self.workers.idle and pending:
-            label, recipe = pending.popitem()
-            self.workers.submit(recipe, _Job(recipe, label=label))
-        while self.workers.idle and finished_trials(study) + self._trials_in_flight() < self.spec.search.trials:
-            trial = study.ask()
-            recipe = self.prepared.space.suggest(trial)
+        prepared = self.prepared
+        study, screening = prepared.study, prepared.screening
+        while self.workers.idle and self.rescoring:
+            job = self.rescoring.pop(0)
+            self.workers.submit(job.recipe, job)
+        while self.workers.idle and (claim := claim_side_baseline(prepared.storage, prepared.side_queue)) is not None:
+            number, label = claim
+            self.heartbeat.add(prepared.side_queue, number)
+            recipe = prepared.side_recipes[label]
+            self.workers.submit(recipe, _Job(recipe, label=label, claim=number))
+        while self.workers.idle and finished_trials(study) + running_trials(study) < self.spec.search.trials:
+            trial = ask(study)
+            self.heartbeat.add(study, trial.number)
+            recipe = prepared.space.suggest(trial)
             record_candidate(trial, recipe)
             if screening is not None and StoredTrial.running(trial).baseline is None:  # baselines: always in full
                 self.workers.submit(recipe, _Job(recipe, trial=trial, stage="screen"), examples=screening.subset)
             else:
                 self.workers.submit(recipe, _Job(recipe, trial=trial))
 
-    def _trials_in_flight(self) -> int:
-        return sum(job.trial is not None for job in self.workers.jobs()) + len(self.finishing)
-
-    def _screened(self, job: _Job, result: dict[str, Any]) -> None:
+    def _screened(self, job: _Job, result: dict[str, Any]) -> bool:
         """Finish a screened trial if it can still reach the front of fully evaluated trials, else
-        drop it (told to the sampler as pruned) with its subset's scores."""
+        drop it (told to the sampler as pruned) with its subset's scores; True if it goes on."""
         prepared, study = self.prepared, self.prepared.study
         if "error" in result or _non_finite(result["scores"]):
             self.progress.trial_finished(record_result(prepared, job.trial, result))
-            return
+            return False
         info = prepared.info
         optimistic = prepared.screening.optimistic(result["examples"], info.objectives, info.directions)
         front = [t.values for t in study.best_trials]
@@ -385,10 +458,11 @@ class _Loop:
         record_screening(job.trial, result["scores"], optimistic, finish)
         if finish:
             self.finishing.append(replace(job, stage="rest", screened=result))
-            return
+            return True
         record_examples_scored(job.trial, prepared.screening.screened_examples)
         study.tell(job.trial, state=TrialState.PRUNED)
         self.progress.trial_finished(None, prepared.screening.screened_examples)
+        return False
 
     def _finished(self, job: _Job, result: dict[str, Any]) -> dict[str, Any]:
         """A promoted trial's full result: both stages' examples, aggregated as full evaluation does."""
@@ -399,31 +473,53 @@ class _Loop:
         return {"scores": self.prepared.full_scores(examples), "examples": examples, **seconds}
 
     def _record(self, finished: Finished[_Job]) -> None:
-        job, result = finished.job, finished.result
-        study, retries = self.prepared.study, self.spec.search.max_retries
-        if job.trial is not None:
-            if finished.died:
-                if job.stage == "rest":  # its screening examples were scored; those of the lost stage are unknown
-                    record_examples_scored(job.trial, self.prepared.screening.screened_examples)
-                fail_and_retry(study, job.trial, result["error"], retries)
-                self.progress.trial_finished(None)
-            elif job.stage == "screen":
-                self._screened(job, result)
-            else:
-                result = self._finished(job, result) if job.stage == "rest" else result
-                values = record_result(self.prepared, job.trial, result)
-                self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
+        if finished.job.trial is None:
+            self._record_side_baseline(finished)
             return
+        try:
+            still_running = self._record_trial(finished)
+        except optuna.exceptions.UpdateFinishedTrialError:  # taken for lost while the database was away
+            warnings.warn(f"trial {finished.job.trial.number} was taken for lost by a driver while this one could not "
+                          "reach the database; its result is dropped and its retry scores it again", stacklevel=1)
+            still_running = False
+        if not still_running:
+            self.heartbeat.remove(self.prepared.study, finished.job.trial.number)
+
+    def _record_trial(self, finished: Finished[_Job]) -> bool:
+        """Store a trial's outcome; True if it goes on to another stage."""
+        job, result = finished.job, finished.result
+        if finished.died:
+            if job.stage == "rest":  # its screening examples were scored; those of the lost stage are unknown
+                record_examples_scored(job.trial, self.prepared.screening.screened_examples)
+            fail_and_retry(self.prepared.study, job.trial, result["error"], self.spec.search.max_retries)
+            self.progress.trial_finished(None)
+            return False
+        if job.stage == "screen":
+            return self._screened(job, result)
+        result = self._finished(job, result) if job.stage == "rest" else result
+        values = record_result(self.prepared, job.trial, result)
+        self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
+        return False
+
+    def _record_side_baseline(self, finished: Finished[_Job]) -> None:
+        """Store a side baseline's scores on the study and close its claim; a lost worker's baseline
+        is scored again by this driver while retries remain."""
+        job, result, prepared = finished.job, finished.result, self.prepared
         if finished.died:
             self.lost_baselines[job.label] = self.lost_baselines.get(job.label, 0) + 1
-            if self.lost_baselines[job.label] <= retries:  # scored again, as a failed trial would be
-                self.prepared.side_baselines[job.label] = job.recipe
+            if self.lost_baselines[job.label] <= self.spec.search.max_retries:  # as a failed trial would be
+                self.rescoring.append(job)
                 return
         error = result.get("error") or _non_finite(result["scores"])
         if not error:
-            write_results(self.prepared.folder, job.label, result["examples"])
-        record_side_baseline(study, SideBaseline(job.label, job.recipe.to_json(),
-                                                 scores=None if error else result["scores"], error=error))
+            write_results(prepared.folder, job.label, result["examples"])
+        record_side_baseline(prepared.study, SideBaseline(job.label, job.recipe.to_json(),
+                                                          scores=None if error else result["scores"], error=error))
+        if error:
+            prepared.side_queue.tell(job.claim, state=TrialState.FAIL)
+        else:
+            prepared.side_queue.tell(job.claim, [result["scores"][o] for o in prepared.info.objectives])
+        self.heartbeat.remove(prepared.side_queue, job.claim)
 
 
 def run_search(
@@ -452,14 +548,21 @@ def run_search(
 def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | None, progress: bool,
             should_stop: Callable[[], bool]) -> optuna.Study:
     prepared = prepare_study(spec, folder, storage)
-    requeue_interrupted(prepared.study)
-    if finished_trials(prepared.study) >= spec.search.trials and not prepared.side_baselines:
-        return prepared.study
-    workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
-    bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
-    try:
-        _Loop(prepared, spec, workers, bar, should_stop).run()
-    finally:
-        bar.close()
-        workers.close()
+    with folder_lock(folder) if not shares_storage(prepared.storage) else nullcontext():
+        requeue_interrupted(prepared)
+        if finished_trials(prepared.study) >= spec.search.trials and not _side_baselines_waiting(prepared):
+            return prepared.study
+        workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
+        heartbeat = Heartbeat(prepared.storage, spec.resources.heartbeat_seconds)
+        bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
+        try:
+            _Loop(prepared, spec, workers, bar, heartbeat, should_stop).run()
+        finally:
+            bar.close()
+            heartbeat.close()
+            workers.close()
     return prepared.study
+
+
+def _side_baselines_waiting(prepared: PreparedStudy) -> bool:
+    return bool(prepared.side_queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

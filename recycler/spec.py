@@ -75,6 +75,17 @@ class Resources(StrictModel):
         "pool's stacks; 'auto': half of what its device (or its share of the machine) has free",
     )
 
+    heartbeat_seconds: int = Field(
+        default=10, gt=0,
+        description="how often a driver tells a shared database that its trials are alive; a driver silent for 3 "
+        "beats is taken for lost and its trials are queued again",
+    )
+    placement_timeout_seconds: int = Field(
+        default=600, gt=0,
+        description="how long workers may wait for room in the Ray cluster (at start, or to replace the last "
+        "lost one) before the search ends with what the cluster lacks",
+    )
+
     @field_validator("memory_per_worker", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:

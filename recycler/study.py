@@ -14,6 +14,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from recycler.coordination import database_storage
 from recycler.errors import RecyclerError
 from recycler.files import write_text_atomic
 from recycler.spec import PoolSpec
@@ -42,6 +43,15 @@ class StudyInfo:
     def binding(self) -> dict:
         """What a study's trials are only comparable under: the pool, the objectives, the space."""
         return {"fingerprint": self.fingerprint, "objectives": self.objectives, "space": self.spec["search"]["space"]}
+
+    @property
+    def description(self) -> dict:
+        """What a database keeps of it for readers elsewhere: everything but where it is stored."""
+        return {key: value for key, value in asdict(self).items() if key != "storage"}
+
+    @classmethod
+    def described(cls, description: dict, storage: str) -> StudyInfo:
+        return cls(**description, storage=storage)
 
     @property
     def checkpoints(self) -> list[str]:
@@ -81,10 +91,11 @@ def bind_folder(folder: Path, info: StudyInfo) -> StudyInfo:
     return existing
 
 
-def storage_for(folder: Path, info: StudyInfo) -> optuna.storages.BaseStorage | str:
-    """The study's Optuna storage: an RDB URL if one was given, else a journal file in the folder."""
+def storage_for(folder: Path, info: StudyInfo, heartbeat_seconds: int | None = None) -> optuna.storages.BaseStorage:
+    """The study's Optuna storage: the database at its URL if one was given, else a journal file in
+    the folder. A driver asks for heartbeats (recycler/coordination.py); a reader does not."""
     if info.storage:
-        return info.storage
+        return database_storage(info.storage, heartbeat_seconds)
     return JournalStorage(JournalFileBackend(str(Path(folder) / JOURNAL_FILE)))
 
 

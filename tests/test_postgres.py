@@ -2,6 +2,7 @@
 resumes, and a database restart mid-search loses nothing finished (the driver goes on, or stops
 with one line and the same command finishes the study)."""
 
+import json
 import subprocess
 import time
 
@@ -35,7 +36,7 @@ def test_a_search_in_postgresql_survives_sigkill_and_a_database_restart(tmp_path
     spec_path = write_pool(tmp_path, 3)
     write_suite(tmp_path / "suite")
     spec = yaml.safe_load(spec_path.read_text())
-    spec.update(name="pg", suite="suite/suite.yaml", resources={"workers": 2},
+    spec.update(name="pg", suite="suite/suite.yaml", resources={"workers": 2, "heartbeat_seconds": 2},
                 search={"space": "simplex", "trials": TRIALS, "sampler": "RandomSampler", "seed": 5})
     spec_path.write_text(yaml.safe_dump(spec))
     folder, url = tmp_path / "study", postgres.url
@@ -59,3 +60,74 @@ def test_a_search_in_postgresql_survives_sigkill_and_a_database_restart(tmp_path
     final = completed(url, "pg")
     assert len(final) == TRIALS
     assert all(final[number] == values for number, values in before_restart.items())  # nothing finished lost or redone
+
+
+def test_two_drivers_share_one_study_in_postgresql(tmp_path, postgres):
+    """Two `recycler run`s started together on one study in the database, each with its own Ray and
+    study folder, as on two machines: they split the work, no candidate is scored twice, the budget
+    is met and overshot by at most the other driver's trial in flight, and every baseline (those the
+    space expresses, and slerp, which it cannot) is scored once."""
+    spec_path = write_pool(tmp_path, 3)
+    write_suite(tmp_path / "suite")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec.update(name="team", suite="suite/suite.yaml", resources={"workers": 1, "heartbeat_seconds": 2},
+                search={"trials": TRIALS})  # the default sampler (TPE), seeded apart per driver
+    spec_path.write_text(yaml.safe_dump(spec))
+
+    drivers = [start_run(spec_path, tmp_path / f"machine{i}", "--storage", postgres.url, stderr=subprocess.PIPE)
+               for i in range(2)]
+    outcomes = [driver.communicate(timeout=600) for driver in drivers]
+    assert [driver.returncode for driver in drivers] == [0, 0], outcomes
+
+    study = optuna.load_study(study_name="team", storage=postgres.url)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert TRIALS <= len(complete) <= TRIALS + 1 and len(complete) == len(trials)
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete), "a candidate was scored twice"
+    baselines = [t.user_attrs["baseline"] for t in complete if "baseline" in t.user_attrs]
+    assert sorted(baselines) == ["c0", "c1", "c2", "uniform"]
+    side = optuna.load_study(study_name="team:side-baselines", storage=postgres.url).get_trials(deepcopy=False)
+    assert [(t.state, t.user_attrs["side_baseline"]) for t in side] == [(TrialState.COMPLETE, "slerp")]
+    assert "scores" in study.user_attrs["baseline:slerp"]
+    for machine in ("machine0", "machine1"):  # each driver scored trials of its own
+        assert list((tmp_path / machine / "examples").glob("trial-*.json")), f"{machine} ran no trial"
+
+
+def test_the_service_keeps_its_studies_in_postgresql_and_shows_those_run_elsewhere(tmp_path, postgres, local_ray,
+                                                                                     pool_spec, capsys):
+    """`recycler serve --storage URL`: a study submitted to the service keeps its trials in the
+    database, and a study `recycler run` runs there from another machine is listed beside it, with
+    the same front that machine's `recycler front` prints; the service does not cancel it."""
+    from fastapi.testclient import TestClient
+
+    from recycler.cli import main
+    from recycler.service import ServiceConfig, create_app
+    from tests.service_auth import AUTH, TOKEN
+
+    spec = pool_spec(trials=5, workers=1)
+    spec_path = tmp_path / "pool" / "elsewhere.yaml"
+    spec_path.write_text(yaml.safe_dump({**spec, "name": "elsewhere"}))
+    other_machine = tmp_path / "other-machine"
+    assert start_run(spec_path, other_machine, "--storage", postgres.url).wait(timeout=600) == 0
+
+    config = ServiceConfig(data=tmp_path / "data", roots=[tmp_path / "pool"], token=TOKEN, storage=postgres.url)
+    app = create_app(config)
+    app.state.runner.poll_seconds = 0.2
+    with TestClient(app) as client:
+        submitted = client.post("/api/studies", json={"spec": {**spec, "name": "here"}}, headers=AUTH)
+        assert submitted.status_code == 201, submitted.text
+        deadline = time.time() + 300
+        while client.get(f"/api/studies/{submitted.json()['id']}", headers=AUTH).json()["state"] != "done":
+            assert time.time() < deadline
+            time.sleep(0.3)
+        listed = {s["name"]: s for s in client.get("/api/studies", headers=AUTH).json()}
+        assert {name: (s["state"], s["finished"]) for name, s in listed.items()} == {"here": ("done", 5), "elsewhere": ("elsewhere", 5)}
+        assert len(optuna.load_study(study_name="here", storage=postgres.url).trials) == 5  # in the database
+
+        elsewhere = listed["elsewhere"]["id"]
+        front = client.get(f"/api/studies/{elsewhere}/front", headers=AUTH).json()
+        capsys.readouterr()
+        assert main(["front", str(other_machine), "--format", "json"]) == 0
+        assert front == json.loads(capsys.readouterr().out)
+        assert client.post(f"/api/studies/{elsewhere}/cancel", headers=AUTH).status_code == 409
+        assert client.get("/", headers=AUTH).status_code == 200

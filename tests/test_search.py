@@ -9,6 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from recycler.cli import main
+from recycler.coordination import folder_lock
+from recycler.errors import RecyclerError
 from recycler.examples import read_prompts, read_results
 from recycler.front import front_records, hypervolume_history, most_balanced
 from recycler.recipes import LinearRecipe, SlerpRecipe
@@ -140,7 +142,6 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray, search_spec):
 
 
 def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray, search_spec):
-    from recycler.errors import RecyclerError
     from recycler.export import export_trial
     from recycler.verify import verify_export
 
@@ -189,3 +190,13 @@ def test_a_shared_database_refuses_a_study_name_of_another_pool(tmp_path, local_
 
     joined = prepare_study(spec, tmp_path / "second-driver", storage=url)  # the same pool: a second driver joins
     assert finished_trials(joined.study) == 4
+
+
+def test_a_second_driver_on_a_study_folder_with_a_journal_is_refused_with_one_line(tmp_path, search_spec):
+    """A journal file has no heartbeats, so one `recycler run` at a time holds its study folder."""
+    spec = search_spec(trials=2)
+    folder = tmp_path / "study"
+    folder.mkdir()
+    with folder_lock(folder), pytest.raises(RecyclerError, match="another recycler run .* is running this study"):
+        run_search(spec, folder, progress=False)
+    assert not load_study(folder)[0].trials[0].state.is_finished()  # the holder's queue was left alone

@@ -35,6 +35,7 @@ class Service:
     roots: AllowedRoots
     runner: Runner
     token: str
+    storage: str | None  # the database the studies are kept in, shared with `recycler run` elsewhere
 
 
 def _service(request: Request) -> Service:
@@ -80,6 +81,11 @@ def submit_study(body: SubmitStudy, service: ServiceDep) -> StudySummary:
 
 @router.get("/studies", response_model=list[StudySummary])
 def list_studies(service: ServiceDep) -> list[StudySummary]:
+    """Every study: those submitted here, and those `recycler run` keeps in the service's database."""
+    if service.storage is not None:
+        from recycler.service.shared import register_elsewhere
+
+        register_elsewhere(service.store, service.storage)
     return [_summary(service.store, row) for row in service.store.studies()]
 
 
@@ -91,7 +97,10 @@ def get_study(study_id: str, service: ServiceDep) -> StudySummary:
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary)
 def cancel_study(study_id: str, service: ServiceDep) -> StudySummary:
     """A queued study is cancelled at once; a running one after its trials in flight."""
-    service.store.request_cancel(_study_row(service, study_id).id)
+    row = _study_row(service, study_id)
+    if row.state == "elsewhere":
+        raise HTTPException(409, f"study '{row.id}' is run by `recycler run` on another machine; stop it there")
+    service.store.request_cancel(row.id)
     return _summary(service.store, _study_row(service, study_id))
 
 
@@ -158,7 +167,11 @@ def start_export(study_id: str, body: ExportRequest, service: ServiceDep) -> Exp
     from recycler.export import check_export_target
 
     out = service.roots.check(body.out, "out")
-    _started(service, study_id)
+    folder = _started(service, study_id)
+    if _study_row(service, study_id).state == "elsewhere":  # its pool was never checked against the roots
+        from recycler.study import read_info
+
+        check_spec_paths(read_info(folder).pool_spec, service.roots)
     check_export_target(out, overwrite=False)
     export = service.store.add_export(study_id, body.trial, str(out))
     service.runner.wake("exports")

@@ -32,13 +32,14 @@ class ServiceConfig:
     roots: list[Path]
     token: str
     address: str | None = None
+    storage: str | None = None  # a database URL for every study's trials, shared with `recycler run`
     max_body_bytes: int = MAX_BODY_BYTES
     runner: bool = True
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
     store = Store(config.data)
-    runner = Runner(store, address=config.address)
+    runner = Runner(store, address=config.address, storage=config.storage)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -50,7 +51,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app = FastAPI(title="recycler", summary="Search linear merges of a checkpoint pool for a Pareto front.", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.state.service = api.Service(store=store, roots=AllowedRoots(config.roots), runner=runner, token=config.token)
+    app.state.service = api.Service(store=store, roots=AllowedRoots(config.roots), runner=runner, token=config.token,
+                                      storage=config.storage)
     app.state.runner = runner
     app.add_exception_handler(RecyclerError, _bad_input)
     app.add_exception_handler(PathNotAllowed, _forbidden)

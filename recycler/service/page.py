@@ -144,7 +144,7 @@ async function refresh() {
       document.body.dataset.finished = String(s.finished);
     }
     document.body.dataset.state = s.state;
-    if (s.state !== 'queued' && s.state !== 'running') clearInterval(timer);
+    if (!['queued', 'running', 'elsewhere'].includes(s.state)) clearInterval(timer);
     document.getElementById('error').textContent = '';
   } catch (e) { showError(e); }
 }

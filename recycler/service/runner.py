@@ -18,9 +18,11 @@ log = logging.getLogger("recycler.service")
 class Runner:
     """Two daemon threads (studies, exports) that poll the store and wake early when told."""
 
-    def __init__(self, store: Store, *, address: str | None = None, poll_seconds: float = 2.0) -> None:
+    def __init__(self, store: Store, *, address: str | None = None, storage: str | None = None,
+                 poll_seconds: float = 2.0) -> None:
         self.store = store
         self.address = address
+        self.storage = storage  # the database every study's trials go to; None: each study folder's journal
         self.poll_seconds = poll_seconds
         self._stopping = threading.Event()
         self._wake = {"studies": threading.Event(), "exports": threading.Event()}
@@ -67,7 +69,8 @@ class Runner:
             return False
         try:
             spec = PoolSpec.model_validate_json(row.spec)
-            study = run_search(spec, self.store.study_folder(row.id), address=self.address, progress=False,
+            study = run_search(spec, self.store.study_folder(row.id), storage=self.storage, address=self.address,
+                               progress=False,
                                should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
         except RecyclerError as error:
             self.store.finish_study(row.id, "failed", str(error))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-STUDY_STATES = ("queued", "running", "done", "failed", "cancelled")
+STUDY_STATES = ("queued", "running", "done", "failed", "cancelled", "elsewhere")  # elsewhere: recycler/service/shared.py
 EXPORT_STATES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -93,6 +93,18 @@ class Store:
         now = time.time()
         row = StudyRow(uuid.uuid4().hex[:12], name, "queued", spec_json, budget, None, False, now, now)
         with self._connect() as db:
+            db.execute("INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row.id, row.name, row.state, row.spec, row.budget, row.error, int(row.cancel), row.created, row.updated))
+        return row
+
+    def add_elsewhere(self, name: str, spec_json: str, budget: int) -> StudyRow | None:
+        """Register a study another machine runs in the shared database, unless a study of that name
+        is known here already (checked and added in one transaction)."""
+        now = time.time()
+        row = StudyRow(uuid.uuid4().hex[:12], name, "elsewhere", spec_json, budget, None, False, now, now)
+        with self._connect() as db:
+            if db.execute("SELECT 1 FROM studies WHERE name = ?", (name,)).fetchone():
+                return None
             db.execute("INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (row.id, row.name, row.state, row.spec, row.budget, row.error, int(row.cancel), row.created, row.updated))
         return row

@@ -1,0 +1,170 @@
+"""Several drivers on one study: what lets `recycler run` on two machines share a study in a database.
+
+Each driver beats Optuna's heartbeat (RDBStorage's trial heartbeats) for every trial it has in
+flight, from a thread of its own, so a driver busy starting a worker still beats. A trial whose
+driver stopped beating for the grace period is failed and queued again by whichever driver notices
+first (`optuna.storages.fail_stale_trials`). Baselines the search space cannot express are not
+trials of the study; they wait in a companion study of their own, from which each driver claims
+one atomically (the storage's WAITING→RUNNING change, as Optuna pops enqueued trials), so each is
+scored once. A journal file has no heartbeats: one driver at a time holds its study folder's lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from recycler.errors import RecyclerError
+from recycler.records import (
+    StoredTrial,
+    claimed_side_baseline,
+    queue_again,
+    queue_side_baseline,
+)
+
+GRACE_BEATS = 3  # heartbeats a driver may miss before its trials are presumed lost
+LOCK_FILE = "driver.lock"
+
+
+def shares_storage(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether several drivers can share this storage: only a database has heartbeats."""
+    return isinstance(storage, RDBStorage)
+
+
+def database_storage(url: str, heartbeat_seconds: int | None) -> RDBStorage:
+    """A database storage; with `heartbeat_seconds`, one that drivers beat and that requeues the
+    trials of a driver that stopped beating."""
+    if heartbeat_seconds is None:
+        return RDBStorage(url)
+    with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize relies on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=heartbeat_seconds, grace_period=GRACE_BEATS * heartbeat_seconds,
+                          heartbeat_stale_trial_callback=requeue_lost)
+
+
+def requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial of a driver that stopped beating (now failed): queue its work again. A trial lost
+    before its parameters were drawn had nothing evaluated and is failed only; being lost does not
+    use up an attempt."""
+    label = claimed_side_baseline(trial)
+    if label is not None:
+        queue_side_baseline(study, label)
+        return
+    stored = StoredTrial.of(trial)
+    if stored.recipe is not None:
+        queue_again(study, stored, attempt=stored.attempt)
+
+
+def fail_lost_trials(study: optuna.Study) -> None:
+    """Fail and requeue the trials whose driver stopped beating (nothing on a journal file)."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize calls
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """`study.ask()`, without Optuna's warning that heartbeats are meant for `Study.optimize`: here
+    the driver beats them itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+class Heartbeat:
+    """Beats, every interval, for the trials this driver has in flight, by storage trial id."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, seconds: float) -> None:
+        self.storage, self.seconds = storage, seconds
+        self._trials: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if shares_storage(storage):
+            self._thread = threading.Thread(target=self._run, name="recycler-heartbeat", daemon=True)
+            self._thread.start()
+
+    def trial_id(self, study: optuna.Study, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def add(self, study: optuna.Study, number: int) -> None:
+        """Beat for this trial from now on; the first beat is now, so a driver killed at once leaves
+        a trial that can go stale."""
+        if self._thread is None:
+            return
+        trial_id = self.trial_id(study, number)
+        self.storage.record_heartbeat(trial_id)
+        with self._lock:
+            self._trials.add(trial_id)
+
+    def remove(self, study: optuna.Study, number: int) -> None:
+        if self._thread is None:
+            return
+        trial_id = self.trial_id(study, number)
+        with self._lock:
+            self._trials.discard(trial_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            with self._lock:
+                trials = list(self._trials)
+            for trial_id in trials:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):  # a database
+                    # restarting: the next beat tries again, and the search reports a database that stays away
+                    break
+
+
+def claim_side_baseline(storage: optuna.storages.BaseStorage, claims: optuna.Study) -> tuple[int, str] | None:
+    """Take one waiting side baseline for this driver: (its claim's trial number, its label), or
+    None when every one is taken. The claim is the storage's atomic WAITING→RUNNING change."""
+    study_id = storage.get_study_id_from_name(claims.study_name)
+    for trial in claims.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return trial.number, claimed_side_baseline(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another driver took and finished it
+            continue
+    return None
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold the study folder for this driver while it runs a study kept in the folder's journal file,
+    which has no heartbeats; the lock goes with the process, so a killed driver does not keep it."""
+    path = Path(folder) / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RecyclerError(f"{folder}: another recycler run ({holder}) is running this study; wait for it, or keep "
+                                "the study in a database (--storage) to run several drivers on it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
