@@ -1,13 +1,11 @@
 """The service runs no task code and reads no task file that its roots do not cover: a submitted
 suite's task YAMLs are checked before lm-eval opens them (recycler/service/task_check.py)."""
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from recycler.service import ServiceConfig, create_app
-from tests.service_auth import AUTH, TOKEN
+from tests.service_auth import AUTH, TOKEN, finished
 
 EVIL = """\
 import pathlib
@@ -116,23 +114,10 @@ def test_task_files_outside_the_roots_are_refused(tmp_path, setup):
         assert len(client.get("/api/studies", headers=AUTH).json()) == 1
 
 
-def finished(client, study_id, timeout=300):
-    """The study's summary once it has stopped running. A summary asked for while the study's
-    storage is being created can answer 422 (the study folder exists, its journal not yet): asked again."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get(f"/api/studies/{study_id}", headers=AUTH)
-        if response.status_code == 200 and response.json()["state"] not in ("queued", "running"):
-            return response.json()
-        time.sleep(0.3)
-    raise AssertionError(f"study {study_id} still running: {response.text}")
-
-
 def test_trusted_task_code_runs_its_study(tmp_path, setup, local_ray):
     spec, tasks, _ = setup
     with_sums(tasks, "process_docs: !function evil.process\n")
-    config = dict(trust_task_code=[tmp_path / "pool" / "suite"])
-    with api(tmp_path, runner=True, **config) as client:
+    with api(tmp_path, runner=True, trust_task_code=[tmp_path / "pool" / "suite"]) as client:
         client.app.state.runner.poll_seconds = 0.2
         study = submit(client, tmp_path, spec)
         assert study.status_code == 201, study.text

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from recycler.service.models import AuditEntry, AuditedAction
+from recycler.service.models import AuditedAction, AuditEntry
 
 
 class AuditLog:
