@@ -126,6 +126,16 @@ def test_trusted_task_code_runs_its_study(tmp_path, setup, local_ray):
     assert (tmp_path / "marker").read_text()
 
 
+def test_an_include_does_not_carry_untrusted_code_into_a_trusted_folder(tmp_path, setup):
+    spec, tasks, _ = setup
+    (tmp_path / "pool" / "shared").mkdir()
+    (tmp_path / "pool" / "shared" / "base.yaml").write_text("process_docs: !function evil.process\n")
+    with_sums(tasks, "include: ../../shared/base.yaml\n")
+    with api(tmp_path, trust_task_code=[tmp_path / "pool" / "suite"]) as client:
+        response = submit(client, tmp_path, spec)
+    assert response.status_code == 403 and "included ../../shared/base.yaml: process_docs loads Python" in response.json()["detail"]
+
+
 def test_trusted_roots_lie_under_allowed_roots(tmp_path):
     from recycler.errors import RecyclerError
 

@@ -39,23 +39,24 @@ _Loader.add_constructor("!function", lambda loader, node: _Function(loader.const
 
 def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> None:
     """PathNotAllowed (403), one line naming the task and the key, for a task that would load
-    Python from an untrusted folder or open a file outside the allowed roots.
+    Python from a file outside the roots trusted for code or open a file outside the allowed roots.
 
     Every YAML of the task folder is checked, not only the suite's tasks: the suite reads them all.
+    Trust goes by the folder of the file that holds the code (symlinks followed), so an include
+    does not carry code from an untrusted folder into a trusted task.
     """
     for task in suite.held_in + suite.held_out:
         for file in listed_files(task.data_files):
             _check_local(file, roots, f"suite task '{task.task}': data_files")
     if suite.task_dir is None or not suite.task_dir.is_dir():
         return
-    code_allowed = roots.trusts_code(suite.task_dir)
     for path in task_yaml_files(suite.task_dir):
         top = _read(path, roots, f"suite.task_dir: {path.relative_to(suite.task_dir)}")
         name = top.get("task") if isinstance(top.get("task"), str) else path.name
         where = f"suite.task_dir: task '{name}' ({path.relative_to(suite.task_dir)})"
         merged = {}
-        for included, data in _with_includes(path, None, top, roots, where, set()):
-            if not code_allowed:
+        for included, file, data in _with_includes(path, None, top, roots, where, set()):
+            if not roots.trusts_code(file.parent):
                 _refuse_code(data, where if included is None else f"{where}, included {included}")
             merged = {**merged, **data}
         merged.pop("include", None)
@@ -75,9 +76,10 @@ def _read(path: Path, roots: AllowedRoots, where: str) -> dict[str, Any]:
 
 
 def _with_includes(path: Path, written: str | None, data: dict[str, Any], roots: AllowedRoots, where: str,
-                   seen: set[Path]) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """The keys of each file of an include chain (with the include as written; None for the top
-    file), included files first, as lm-eval merges them."""
+                   seen: set[Path]) -> Iterator[tuple[str | None, Path, dict[str, Any]]]:
+    """Each file of an include chain: the include as written (None for the top file), the file
+    resolved (its own folder decides whether its code is trusted) and its keys; included files
+    first, as lm-eval merges them."""
     resolved = path.resolve()
     if resolved in seen:
         raise RecyclerError(f"{where}: include cycle at {path}")
@@ -89,12 +91,12 @@ def _with_includes(path: Path, written: str | None, data: dict[str, Any], roots:
         included = _read(target, roots, f"{where}: include {include}")
         yield from _with_includes(target, str(include), {k: v for k, v in included.items() if k != "task_list"},
                                   roots, where, seen)
-    yield written, data
+    yield written, resolved, data
 
 
 def _refuse_code(data: dict[str, Any], where: str) -> None:
     for key, what in _code(data):
-        raise PathNotAllowed(f"{where}: {key} loads Python ({what}); the task folder is not under a --trust-task-code root")
+        raise PathNotAllowed(f"{where}: {key} loads Python ({what}); its YAML is not under a --trust-task-code root")
 
 
 def _code(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
