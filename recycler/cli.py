@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from recycler.errors import RecyclerError
@@ -169,10 +170,31 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         print(f"page: http://{args.host}:{args.port}/#token={token}")
     roots = [Path(r) for r in args.allow_root] or [Path.cwd()]
     address = args.address or os.environ.get("RAY_ADDRESS")
-    config = ServiceConfig(data=data, roots=roots, token=token, address=address, storage=args.storage,
+    config = ServiceConfig(data=data, roots=roots, token=token, trust_task_code=[Path(r) for r in args.trust_task_code],
+                           address=address, storage=args.storage,
                            max_body_bytes=args.max_body_bytes)
-    print(f"recycler serve: http://{args.host}:{args.port}/ (data {data}; allowed roots {', '.join(map(str, roots))})", flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    app = create_app(config)
+    trusted = f"; task code trusted under {', '.join(args.trust_task_code)}" if args.trust_task_code else ""
+    print(f"recycler serve: http://{args.host}:{args.port}/ (data {data}; allowed roots {', '.join(map(str, roots))}{trusted})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _cmd_token(args: argparse.Namespace) -> None:
+    from recycler.service.app import TOKENS_FILE
+    from recycler.service.tokens import DEFAULT_NAME, Tokens
+
+    tokens = Tokens(Path(args.data).expanduser() / TOKENS_FILE)
+    if args.token_command == "add":
+        print(tokens.add(args.name, args.scope))
+        print(f"token '{args.name}' (scope {args.scope}) added; shown once, only its hash is kept", file=sys.stderr)
+    elif args.token_command == "revoke":
+        tokens.revoke(args.name)
+        print(f"token '{args.name}' revoked")
+    else:
+        print(f"{'name':<24} {'scope':<7} created")
+        print(f"{DEFAULT_NAME:<24} {'export':<7} (the service's own token: --token-file or RECYCLER_TOKEN)")
+        for entry in tokens.entries():
+            print(f"{entry.name:<24} {entry.scope:<7} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(entry.created))}")
 
 
 def _selection_arguments(parser: argparse.ArgumentParser, *, ranking: bool = True) -> None:
@@ -258,7 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--storage", metavar="URL", help="database URL for the studies' trials (as `recycler run "
                        "--storage`); the page then also lists the studies `recycler run` keeps there from other machines")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument("--trust-task-code", action="append", default=[], metavar="DIR",
+                       help="a folder (under an --allow-root) whose lm-eval task YAMLs may load Python: !function, class, "
+                            "HF evaluate metrics (repeat; default: none)")
     serve.set_defaults(handler=_cmd_serve)
+    token = serve.add_subparsers(dest="serve_command").add_parser(
+        "token", help="named API tokens with scopes: read (studies, fronts), submit (also submit and cancel), export (also exports, audit)")
+    data_option = argparse.ArgumentParser(add_help=False)
+    data_option.add_argument("--data", default=argparse.SUPPRESS, help="the service's data folder (as for serve)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    add = token_commands.add_parser("add", parents=[data_option], help="create a token and print it once")
+    add.add_argument("name")
+    add.add_argument("--scope", required=True, help="read, submit or export")
+    token_commands.add_parser("list", parents=[data_option], help="names, scopes and creation times (never the tokens)")
+    token_commands.add_parser("revoke", parents=[data_option], help="stop a token working, at once").add_argument("name")
+    token.set_defaults(handler=_cmd_token)
 
     demo = commands.add_parser("demo", help="build the demo pool if missing, search it, print the front, export, report")
     demo.add_argument("--dir", default="recycler-demo", help="where the pool, study, export and report go")

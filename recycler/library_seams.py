@@ -52,3 +52,22 @@ def compute_hypervolume(loss_vals: np.ndarray, reference_point: np.ndarray) -> f
     from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
 
     return float(optuna_hypervolume(loss_vals, reference_point))
+
+
+def sandbox_task_templates() -> None:
+    """Render lm-eval's prompt templates (`doc_to_text`, `doc_to_target`, ...) in Jinja's sandbox,
+    which refuses the underscore attributes and unsafe calls a crafted template would reach Python
+    through; ordinary templates render the same. Called in every process that builds tasks.
+
+    Private in effect: lm-eval renders through the module-level `lm_eval.utils.env`, a plain
+    `jinja2.Environment`, and offers no setting for it.
+    """
+    import lm_eval.utils
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    if isinstance(lm_eval.utils.env, SandboxedEnvironment):
+        return
+    sandboxed = SandboxedEnvironment(loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True)
+    sandboxed.filters.update(lm_eval.utils.env.filters)
+    lm_eval.utils.env = sandboxed

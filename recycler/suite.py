@@ -23,7 +23,7 @@ from pydantic import (
 import recycler.eval_suites
 from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError, one_line
-from recycler.library_seams import load_task_yaml
+from recycler.library_seams import load_task_yaml, sandbox_task_templates
 from recycler.references import reference_file
 
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
@@ -88,23 +88,26 @@ class SuiteSpec(StrictModel):
         return self
 
 
-def _data_files_absolute(value: Any, folder: Path) -> Any:
+def absolute_data_files(value: Any, folder: Path) -> Any:
+    """A task YAML's `data_files` with relative paths made absolute against its folder, as the
+    suite hands them to lm-eval (which would read them against the working folder)."""
     if isinstance(value, str):
         return str(folder / value) if not Path(value).is_absolute() else value
     if isinstance(value, list):
-        return [_data_files_absolute(v, folder) for v in value]
+        return [absolute_data_files(v, folder) for v in value]
     if isinstance(value, dict):
-        return {k: _data_files_absolute(v, folder) for k, v in value.items()}
+        return {k: absolute_data_files(v, folder) for k, v in value.items()}
     return value
 
 
-def _listed_files(value: Any) -> list[str]:
+def listed_files(value: Any) -> list[str]:
+    """Every path of a `data_files` value: a path, a list of them, or split -> path(s)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        return [f for v in value for f in _listed_files(v)]
+        return [f for v in value for f in listed_files(v)]
     if isinstance(value, dict):
-        return [f for v in value.values() for f in _listed_files(v)]
+        return [f for v in value.values() for f in listed_files(v)]
     return []
 
 
@@ -130,12 +133,17 @@ def _shipped_task_over(name: str, data_files: DataFiles, where: str) -> dict[str
     return config
 
 
+def task_yaml_files(task_dir: Path) -> list[Path]:
+    """The YAML files of a task folder that a suite reads, every one (the service checks the same)."""
+    return sorted(task_dir.rglob("*.yaml"))
+
+
 def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
     """Every task YAML under task_dir, by task name, read with lm-eval's own loader."""
     if not task_dir.is_dir():
         raise RecyclerError(f"{task_dir}: task folder does not exist")
     configs = {}
-    for path in sorted(task_dir.rglob("*.yaml")):
+    for path in task_yaml_files(task_dir):
         try:
             config = load_task_yaml(path)
         except (yaml.YAMLError, ValueError, OSError) as error:
@@ -144,7 +152,7 @@ def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
             continue
         kwargs = config.get("dataset_kwargs") or {}
         if "data_files" in kwargs:
-            config["dataset_kwargs"] = {**kwargs, "data_files": _data_files_absolute(kwargs["data_files"], path.parent)}
+            config["dataset_kwargs"] = {**kwargs, "data_files": absolute_data_files(kwargs["data_files"], path.parent)}
         config["_yaml"] = str(path)
         configs[config["task"]] = config
     return configs
@@ -189,7 +197,7 @@ class Suite:
                 config = _shipped_task_over(task.task, task.data_files, where)
             elif task.data_files is not None:
                 raise RecyclerError(f"{where}: data_files is for lm-eval's own tasks; a task of task_dir names its data itself")
-            files = [Path(f) for f in _listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
+            files = [Path(f) for f in listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
             for file in files:
                 if not file.is_file():
                     raise RecyclerError(f"{where}: data file {file} does not exist")
@@ -205,6 +213,7 @@ class Suite:
         """lm-eval Task objects by name, each checked for its data, its metric and its examples."""
         from lm_eval.tasks import TaskManager
 
+        sandbox_task_templates()  # a suite's templates are data, even when its folder may hold code
         specs = self.task_specs()
         manager = TaskManager(include_defaults=any(isinstance(s, str) for s in specs.values()))
         built = {}

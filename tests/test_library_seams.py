@@ -8,9 +8,10 @@ import numpy as np
 import optuna
 import pytest
 
-from recycler.library_seams import compute_hypervolume, load_task_yaml
+from recycler.library_seams import compute_hypervolume, load_task_yaml, sandbox_task_templates
 
-PRIVATE = [("lm_eval.tasks._yaml_loader", "load_yaml", lm_eval), ("optuna._hypervolume", "compute_hypervolume", optuna)]
+PRIVATE = [("lm_eval.tasks._yaml_loader", "load_yaml", lm_eval), ("optuna._hypervolume", "compute_hypervolume", optuna),
+           ("lm_eval.utils", "apply_template", lm_eval)]
 
 
 @pytest.mark.parametrize("module, name, library", PRIVATE)
@@ -71,3 +72,19 @@ def test_filters_run_over_the_instances_given_only(tmp_path):
     message = f"lm-eval {lm_eval.__version__} keeps a task's filters elsewhere; update recycler/library_seams.py"
     assert [i.filtered_resps.get("word") for i in scored] == ["42", "42"], message
     assert all(not i.filtered_resps for i in unscored), message
+
+
+def test_task_templates_render_in_jinja_s_sandbox():
+    """lm-eval still renders templates through `lm_eval.utils.env`: once sandboxed, an ordinary
+    template renders as before (with lm-eval's own filter), and one reaching for Python is refused."""
+    import jinja2.sandbox
+    from lm_eval.utils import apply_template
+
+    doc = {"question": "2+2", "choices": ["3", "4"], "label": 1}
+    ordinary = "Q: {{question}} A: {{choices[label]}} {{question | regex_replace('\\+', ' plus ')}}"
+    before = apply_template(ordinary, doc)
+    sandbox_task_templates()
+    assert isinstance(lm_eval.utils.env, jinja2.sandbox.SandboxedEnvironment)
+    assert apply_template(ordinary, doc) == before == "Q: 2+2 A: 4 2 plus 2"
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        apply_template("{{ question.__class__.__mro__[1].__subclasses__() }}", doc)

@@ -34,7 +34,7 @@ def client(tmp_path, monkeypatch, pool_spec):
 def test_every_api_call_needs_the_token(client):
     calls = [("get", "/api/studies"), ("post", "/api/studies"), ("get", "/api/studies/x"), ("get", "/api/studies/x/front"),
              ("get", "/api/studies/x/trials"), ("post", "/api/studies/x/cancel"), ("post", "/api/studies/x/exports"),
-             ("get", "/api/studies/x/exports/y"), ("get", "/api/studies/x/plots"), ("get", "/api/studies/x/hypervolume")]
+             ("get", "/api/studies/x/exports/y"), ("get", "/api/studies/x/plots"), ("get", "/api/studies/x/hypervolume"), ("get", "/api/audit")]
     for method, path in calls:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             response = client.request(method, path, headers=headers, json={})

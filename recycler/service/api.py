@@ -1,5 +1,8 @@
-"""The /api routes. Each reads the service's parts (store, allowed roots, runner) from the app, so
-the routes are plain functions and one app's state never leaks into another's."""
+"""The /api routes. Each reads the service's parts (store, allowed roots, runner, tokens, audit log)
+from the app, so the routes are plain functions and one app's state never leaks into another's.
+
+Every route needs a token (401 without one) of the `read` scope at least; a route that changes
+something asks for its scope itself, as a dependency, and writes what it did to the audit log."""
 
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from recycler.errors import RecyclerError
 from recycler.records import ExampleComparison, FrontDocument
+from recycler.service.audit import AuditLog
 from recycler.service.models import (
+    AuditEntry,
     ExportRequest,
     ExportStatus,
     HypervolumePoint,
@@ -20,9 +26,10 @@ from recycler.service.models import (
     SubmitStudy,
 )
 from recycler.service.runner import Runner
-from recycler.service.security import AllowedRoots, token_matches
+from recycler.service.security import AllowedRoots
 from recycler.service.specs import check_spec_paths, refuse_parent_parts
 from recycler.service.store import ExportRow, Store, StudyRow
+from recycler.service.tokens import Caller, Scope, Tokens
 from recycler.spec import parse_spec
 from recycler.study import is_study_folder
 
@@ -34,7 +41,8 @@ class Service:
     store: Store
     roots: AllowedRoots
     runner: Runner
-    token: str
+    tokens: Tokens
+    audit: AuditLog
     storage: str | None  # the database the studies are kept in, shared with `recycler run` elsewhere
 
 
@@ -42,13 +50,32 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-def _require_token(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
-    if not token_matches(request.headers.get("authorization"), service.token):
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+def _caller(request: Request, service: Annotated[Service, Depends(_service)]) -> Caller:
+    caller = service.tokens.identify(request.headers.get("authorization"))
+    if caller is None:
+        raise HTTPException(401, "missing, wrong or revoked bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return caller
+
+
+def _scope(needed: Scope) -> Any:
+    """A dependency: the caller, if its token's scope allows `needed`; else 403."""
+
+    def allowed(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+        if not caller.may(needed):
+            raise HTTPException(403, f"token '{caller.name}' has scope '{caller.scope}'; this needs '{needed}'")
+        return caller
+
+    return Depends(allowed)
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
-router = APIRouter(prefix="/api", dependencies=[Depends(_require_token)])
+Submitter = Annotated[Caller, _scope("submit")]
+Exporter = Annotated[Caller, _scope("export")]
+router = APIRouter(prefix="/api", dependencies=[_scope("read")])
 
 
 def _study_row(service: Service, study_id: str) -> StudyRow:
@@ -68,13 +95,15 @@ def _started(service: Service, study_id: str) -> Path:
 
 
 @router.post("/studies", status_code=201, response_model=StudySummary)
-def submit_study(body: SubmitStudy, service: ServiceDep) -> StudySummary:
-    """Validate the spec and queue the study; paths outside the allowed roots are refused before any is read."""
+def submit_study(body: SubmitStudy, service: ServiceDep, caller: Submitter, request: Request) -> StudySummary:
+    """Validate the spec and queue the study; paths outside the allowed roots, and task code
+    outside the roots trusted for it, are refused before any file is read."""
     root = service.roots.check(body.root or service.roots.roots[0], "root")
     refuse_parent_parts(body.spec)
     spec = parse_spec(body.spec, root, "spec")
     check_spec_paths(spec, service.roots)
     row = service.store.add_study(spec.name, spec.model_dump_json(), spec.search.trials)
+    service.audit.record(caller.name, "submit", f"study {row.id} ({row.name})", _address(request))
     service.runner.wake("studies")
     return _summary(service.store, row)
 
@@ -95,12 +124,13 @@ def get_study(study_id: str, service: ServiceDep) -> StudySummary:
 
 
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary)
-def cancel_study(study_id: str, service: ServiceDep) -> StudySummary:
+def cancel_study(study_id: str, service: ServiceDep, caller: Submitter, request: Request) -> StudySummary:
     """A queued study is cancelled at once; a running one after its trials in flight."""
     row = _study_row(service, study_id)
     if row.state == "elsewhere":
         raise HTTPException(409, f"study '{row.id}' is run by `recycler run` on another machine; stop it there")
     service.store.request_cancel(row.id)
+    service.audit.record(caller.name, "cancel", f"study {study_id}", _address(request))
     return _summary(service.store, _study_row(service, study_id))
 
 
@@ -162,7 +192,7 @@ def get_plots(study_id: str, service: ServiceDep) -> Plots:
 
 
 @router.post("/studies/{study_id}/exports", status_code=202, response_model=ExportStatus)
-def start_export(study_id: str, body: ExportRequest, service: ServiceDep) -> ExportStatus:
+def start_export(study_id: str, body: ExportRequest, service: ServiceDep, caller: Exporter, request: Request) -> ExportStatus:
     """Queue an export of one completed trial; poll it for its manifest."""
     from recycler.export import check_export_target
 
@@ -174,6 +204,8 @@ def start_export(study_id: str, body: ExportRequest, service: ServiceDep) -> Exp
         check_spec_paths(read_info(folder).pool_spec, service.roots)
     check_export_target(out, overwrite=False)
     export = service.store.add_export(study_id, body.trial, str(out))
+    service.audit.record(caller.name, "export", f"study {study_id} trial {body.trial} to {out} (export {export.id})",
+                         _address(request))
     service.runner.wake("exports")
     return _export_status(export)
 
@@ -186,6 +218,12 @@ def get_export(study_id: str, export_id: str, service: ServiceDep) -> ExportStat
     return _export_status(export)
 
 
+@router.get("/audit", response_model=list[AuditEntry])
+def get_audit(service: ServiceDep, _: Exporter) -> list[AuditEntry]:
+    """The audit log, oldest first; for tokens of the full (`export`) scope."""
+    return service.audit.entries()
+
+
 def _summary(store: Store, row: StudyRow) -> StudySummary:
     from recycler.search import finished_trials
     from recycler.study import load_study
@@ -193,8 +231,11 @@ def _summary(store: Store, row: StudyRow) -> StudySummary:
     finished = 0
     folder = store.study_folder(row.id)
     if is_study_folder(folder):
-        study, _ = load_study(folder)
-        finished = finished_trials(study)
+        try:
+            finished = finished_trials(load_study(folder)[0])
+        except RecyclerError:  # asked between study.json and the study's creation in its storage
+            if row.state != "running":
+                raise
     return StudySummary(id=row.id, name=row.name, state=row.state, finished=finished, budget=row.budget,
                         error=row.error, created=row.created, updated=row.updated)
 

@@ -1,11 +1,11 @@
-"""The HTTP API and the page, in one FastAPI app. Every /api route needs the bearer token; the
+"""The HTTP API and the page, in one FastAPI app. Every /api route needs a bearer token; the
 page itself is a data-free shell whose script calls the API with the token it was given."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from recycler.errors import RecyclerError
 from recycler.service import api, page
+from recycler.service.audit import AuditLog
 from recycler.service.runner import Runner
 from recycler.service.security import (
     MAX_BODY_BYTES,
@@ -22,15 +23,21 @@ from recycler.service.security import (
     PathNotAllowed,
 )
 from recycler.service.store import Store
+from recycler.service.tokens import Tokens
+
+TOKENS_FILE = "tokens.json"
+AUDIT_FILE = "audit.jsonl"
 
 
 @dataclass
 class ServiceConfig:
-    """Where state lives, which paths requests may name, the token; `runner` off serves the API alone."""
+    """Where state lives, which paths requests may name (and which task folders may run code), the
+    default token (full scope; named tokens are in DATA/tokens.json); `runner` off serves the API alone."""
 
     data: Path
     roots: list[Path]
     token: str
+    trust_task_code: list[Path] = field(default_factory=list)
     address: str | None = None
     storage: str | None = None  # a database URL for every study's trials, shared with `recycler run`
     max_body_bytes: int = MAX_BODY_BYTES
@@ -39,7 +46,8 @@ class ServiceConfig:
 
 def create_app(config: ServiceConfig) -> FastAPI:
     store = Store(config.data)
-    runner = Runner(store, address=config.address, storage=config.storage)
+    roots = AllowedRoots(config.roots, config.trust_task_code)
+    runner = Runner(store, roots, address=config.address, storage=config.storage)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,8 +59,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app = FastAPI(title="recycler", summary="Search linear merges of a checkpoint pool for a Pareto front.", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.state.service = api.Service(store=store, roots=AllowedRoots(config.roots), runner=runner, token=config.token,
-                                      storage=config.storage)
+    app.state.service = api.Service(store=store, roots=roots, runner=runner,
+                                    tokens=Tokens(config.data / TOKENS_FILE, config.token), audit=AuditLog(config.data / AUDIT_FILE),
+                                    storage=config.storage)
     app.state.runner = runner
     app.add_exception_handler(RecyclerError, _bad_input)
     app.add_exception_handler(PathNotAllowed, _forbidden)

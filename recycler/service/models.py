@@ -60,3 +60,16 @@ class ExportStatus(BaseModel):
     state: ExportState
     error: str | None
     manifest: dict[str, Any] | None = Field(description="the export's manifest.json once it is done")
+
+
+AuditedAction = Literal["submit", "cancel", "export"]
+
+
+class AuditEntry(BaseModel):
+    """One action in DATA/audit.jsonl: when, by which token, on what, from which address."""
+
+    time: float
+    token: str = Field(description="the name of the token used")
+    action: AuditedAction
+    target: str = Field(description="the study (and for an export, the trial and the folder)")
+    address: str | None = Field(description="the client's address as the server saw it")

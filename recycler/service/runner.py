@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recycler.errors import RecyclerError, one_line
+from recycler.service.security import AllowedRoots, PathNotAllowed
+from recycler.service.specs import check_spec_paths
 from recycler.service.store import Store
 from recycler.spec import PoolSpec
 
@@ -18,9 +20,10 @@ log = logging.getLogger("recycler.service")
 class Runner:
     """Two daemon threads (studies, exports) that poll the store and wake early when told."""
 
-    def __init__(self, store: Store, *, address: str | None = None, storage: str | None = None,
+    def __init__(self, store: Store, roots: AllowedRoots, *, address: str | None = None, storage: str | None = None,
                  poll_seconds: float = 2.0) -> None:
         self.store = store
+        self.roots = roots  # checked again as a study starts: its files may have changed since it was queued
         self.address = address
         self.storage = storage  # the database every study's trials go to; None: each study folder's journal
         self.poll_seconds = poll_seconds
@@ -69,10 +72,11 @@ class Runner:
             return False
         try:
             spec = PoolSpec.model_validate_json(row.spec)
+            check_spec_paths(spec, self.roots)
             study = run_search(spec, self.store.study_folder(row.id), storage=self.storage, address=self.address,
                                progress=False,
                                should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
-        except RecyclerError as error:
+        except (RecyclerError, PathNotAllowed) as error:
             self.store.finish_study(row.id, "failed", str(error))
             return True
         except Exception as error:  # a study's failure must not end the runner

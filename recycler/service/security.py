@@ -1,5 +1,5 @@
-"""What keeps the service safe to leave running: a bearer token, allowed roots for every path a
-request names, and a bound on request bodies."""
+"""What keeps the service safe to leave running: the default bearer token, allowed roots for every
+path a request names (and the roots trusted to hold task code), and a bound on request bodies."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recycler.errors import RecyclerError
 
 TOKEN_ENV = "RECYCLER_TOKEN"
 MAX_BODY_BYTES = 1 << 20
@@ -38,23 +40,22 @@ def load_token(path: Path) -> tuple[str, bool]:
     return token, True
 
 
-def token_matches(header: str | None, token: str) -> bool:
-    """An `Authorization: Bearer TOKEN` header carrying this token (compared in constant time)."""
-    scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
-
-
 class AllowedRoots:
-    """Folders under which requests may name checkpoints, suites and export targets.
+    """Folders under which requests may name checkpoints, suites and export targets, and those of
+    them whose lm-eval task folders may load Python (`code`).
 
     A path is checked after Path.resolve(), which collapses `..` and follows symlinks, so neither
-    escapes a root; `..` in the path as written is refused outright.
+    escapes a root; `..` in a path a request writes is refused outright.
     """
 
-    def __init__(self, roots: Iterable[Path]) -> None:
+    def __init__(self, roots: Iterable[Path], code: Iterable[Path] = ()) -> None:
         self.roots = [Path(r).expanduser().resolve() for r in roots]
         if not self.roots:
             raise ValueError("at least one allowed root is needed")
+        self.code = [Path(r).expanduser().resolve() for r in code]
+        for root in self.code:
+            if not self._allowed(root):
+                raise RecyclerError(f"--trust-task-code {root}: not under an allowed root ({self._listed()})")
 
     def check(self, path: str | Path, what: str) -> Path:
         """The resolved path, or PathNotAllowed naming `what`; nothing under it is read."""
@@ -63,10 +64,25 @@ class AllowedRoots:
             raise PathNotAllowed(f"{what}: '..' is not allowed in paths ({path})")
         if not written.is_absolute():
             written = self.roots[0] / written
-        resolved = written.resolve()
-        if not any(resolved.is_relative_to(root) for root in self.roots):
-            raise PathNotAllowed(f"{what}: {path} is outside the allowed roots ({', '.join(map(str, self.roots))})")
+        return self.inside(written, what)
+
+    def inside(self, path: Path, what: str) -> Path:
+        """An absolute path, resolved (symlinks followed), or PathNotAllowed naming `what`."""
+        resolved = path.resolve()
+        if not self._allowed(resolved):
+            raise PathNotAllowed(f"{what}: {path} is outside the allowed roots ({self._listed()})")
         return resolved
+
+    def trusts_code(self, folder: Path) -> bool:
+        """Whether a task folder lies under a root the operator trusted to run its Python."""
+        resolved = folder.resolve()
+        return any(resolved.is_relative_to(root) for root in self.code)
+
+    def _allowed(self, resolved: Path) -> bool:
+        return any(resolved.is_relative_to(root) for root in self.roots)
+
+    def _listed(self) -> str:
+        return ", ".join(map(str, self.roots))
 
 
 class BodyLimit:

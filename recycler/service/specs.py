@@ -9,6 +9,7 @@ from typing import Any
 
 from recycler.references import is_file_reference
 from recycler.service.security import AllowedRoots, PathNotAllowed
+from recycler.service.task_check import check_suite_tasks
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec
 
@@ -34,7 +35,8 @@ def refuse_parent_parts(data: dict[str, Any]) -> None:
 
 def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
     """Every checkpoint, the base, a suite file and its task folder, and a space file must lie under
-    an allowed root (after symlinks). A suite file is read only once it has passed."""
+    an allowed root (after symlinks), and so must every file the suite's tasks name; their YAMLs may
+    load Python only from a folder trusted for code. A file is read only once it has passed."""
     from recycler.suite import load_suite
 
     refs = [(f"checkpoints.{i}.path", ref.path) for i, ref in enumerate(spec.checkpoints)]
@@ -50,4 +52,6 @@ def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
         suite = load_suite(suite).spec
     if isinstance(suite, SuiteSpec) and suite.task_dir is not None:
         roots.check(suite.task_dir, "suite.task_dir")
+    if isinstance(suite, SuiteSpec):
+        check_suite_tasks(suite, roots)
 
