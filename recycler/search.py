@@ -396,7 +396,7 @@ class _Loop:
         while True:
             self._requeue_lost()
             self.stopping = self.stopping or self.should_stop()
-            self._finish_promoted()  # even when stopping: a promoted trial is in flight, not new work
+            self._finish_started()  # even when stopping: in flight, not new work
             if not self.stopping:
                 self._fill_idle_workers()
             if not self.workers.jobs() and self._done():
@@ -408,6 +408,8 @@ class _Loop:
     def _done(self) -> bool:
         """With nothing in flight here: whether this driver is through. It waits while the budget is
         not met and other drivers' trials are in flight, since one that fails is queued again."""
+        if self.finishing or self.rescoring:  # waiting for a worker (a replacement still starting)
+            return False
         return self.stopping or finished_trials(self.prepared.study) >= self.spec.search.trials
 
     def _requeue_lost(self) -> None:
@@ -418,17 +420,18 @@ class _Loop:
             fail_lost_trials(self.prepared.study)
             fail_lost_trials(self.prepared.side_queue)
 
-    def _finish_promoted(self) -> None:
+    def _finish_started(self) -> None:
+        """Hand idle workers the work already begun: promoted trials, and side baselines whose worker died."""
         while self.workers.idle and self.finishing:
             job = self.finishing.pop(0)
             self.workers.submit(job.recipe, job, examples=self.prepared.screening.rest)
+        while self.workers.idle and self.rescoring:
+            job = self.rescoring.pop(0)
+            self.workers.submit(job.recipe, job)
 
     def _fill_idle_workers(self) -> None:
         prepared = self.prepared
         study, screening = prepared.study, prepared.screening
-        while self.workers.idle and self.rescoring:
-            job = self.rescoring.pop(0)
-            self.workers.submit(job.recipe, job)
         while self.workers.idle and (claim := claim_side_baseline(prepared.storage, prepared.side_queue)) is not None:
             number, label = claim
             self.heartbeat.add(prepared.side_queue, number)

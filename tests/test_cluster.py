@@ -80,3 +80,18 @@ def test_a_search_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_n
     assert failed[0].user_attrs["error"].startswith("worker died")
     retry = [t for t in complete if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params, "and it was scored again on the node that remains"
+
+
+def test_workers_the_cluster_has_no_room_for_end_the_search_with_one_line(tmp_path, local_ray, search_spec):
+    """Three workers on two CPU slots: the third is never placed, and after the placement timeout the
+    search says so, with what the cluster has free, instead of waiting for ever."""
+    from recycler.search import run_search
+
+    spec = search_spec(trials=4, workers=3)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"placement_timeout_seconds": 5})})
+    with pytest.raises(RecyclerError) as raised:
+        run_search(spec, tmp_path / "study", progress=False)
+    message = str(raised.value)
+    assert message.startswith("no room in the Ray cluster for a worker after 5 s (resources.placement_timeout_seconds): "
+                              "3 worker(s) asked for CPU slots, the cluster has 0 CPU(s)"), message
+    assert "\n" not in message

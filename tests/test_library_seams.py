@@ -81,7 +81,7 @@ def test_task_templates_render_in_jinja_s_sandbox():
     from lm_eval.utils import apply_template
 
     doc = {"question": "2+2", "choices": ["3", "4"], "label": 1}
-    ordinary = "Q: {{question}} A: {{choices[label]}} {{question | regex_replace('\\+', ' plus ')}}"
+    ordinary = "Q: {{question}} A: {{choices[label]}} {{question | regex_replace('[+]', ' plus ')}}"
     before = apply_template(ordinary, doc)
     sandbox_task_templates()
     assert isinstance(lm_eval.utils.env, jinja2.sandbox.SandboxedEnvironment)
