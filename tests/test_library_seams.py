@@ -8,7 +8,11 @@ import numpy as np
 import optuna
 import pytest
 
-from recycler.library_seams import compute_hypervolume, load_task_yaml, sandbox_task_templates
+from recycler.library_seams import (
+    compute_hypervolume,
+    load_task_yaml,
+    sandbox_task_templates,
+)
 
 PRIVATE = [("lm_eval.tasks._yaml_loader", "load_yaml", lm_eval), ("optuna._hypervolume", "compute_hypervolume", optuna),
            ("lm_eval.utils", "apply_template", lm_eval)]
