@@ -115,6 +115,10 @@ class WorkerPool(Generic[Job]):
             ray.get(ready)
         except ray.exceptions.RayError as error:
             ray.kill(handle)
+            init_failed = isinstance(error, ray.exceptions.RayActorError) and error.actor_init_failed
+            if self.workers and not init_failed:  # lost on the way (its node too), not unable to start
+                self._replace()
+                return
             raise RecyclerError(_startup_failure(error, self.spec, 1)) from None
         self.workers.append(handle)
         self.idle.append(handle)

@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -27,12 +28,15 @@ from optuna.trial import FrozenTrial, TrialState
 from recycler.errors import RecyclerError
 from recycler.records import (
     StoredTrial,
-    claimed_side_baseline,
+    side_baseline_label,
+    is_beating,
+    mark_beating,
     queue_again,
     queue_side_baseline,
 )
 
 GRACE_BEATS = 3  # heartbeats a driver may miss before its trials are presumed lost
+ORPHAN_GRACES = 10  # grace periods after which a RUNNING trial that never beat is presumed lost
 LOCK_FILE = "driver.lock"
 
 
@@ -56,7 +60,7 @@ def requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial of a driver that stopped beating (now failed): queue its work again. A trial lost
     before its parameters were drawn had nothing evaluated and is failed only; being lost does not
     use up an attempt."""
-    label = claimed_side_baseline(trial)
+    label = side_baseline_label(trial)
     if label is not None:
         queue_side_baseline(study, label)
         return
@@ -65,11 +69,26 @@ def requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
         queue_again(study, stored, attempt=stored.attempt)
 
 
-def fail_lost_trials(study: optuna.Study) -> None:
-    """Fail and requeue the trials whose driver stopped beating (nothing on a journal file)."""
+def fail_lost_trials(study: optuna.Study, storage: RDBStorage) -> None:
+    """Fail and requeue the trials whose driver stopped beating, and those that never beat: a driver
+    lost between asking for a trial and its first beat (Optuna takes a trial without heartbeats for
+    alive). A driver marks a trial as beating right after its first beat, so a RUNNING trial without
+    the mark for ORPHAN_GRACES grace periods is lost; the margin absorbs drivers' clock skew."""
     with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize calls
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    grace = storage.get_heartbeat_interval() * GRACE_BEATS
+    cutoff = datetime.now() - timedelta(seconds=ORPHAN_GRACES * grace)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_beating(trial) or trial.datetime_start is None or trial.datetime_start > cutoff:
+            continue
+        trial_id = _trial_id(storage, study, trial.number)
+        try:
+            failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another driver failed it first
+            continue
+        if failed:
+            requeue_lost(study, storage.get_trial(trial_id))
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
@@ -93,31 +112,29 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._run, name="recycler-heartbeat", daemon=True)
             self._thread.start()
 
-    def trial_id(self, study: optuna.Study, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
     def add(self, study: optuna.Study, number: int) -> None:
-        """Beat for this trial from now on; the first beat is now, so a driver killed at once leaves
-        a trial that can go stale."""
+        """Beat for this trial from now on; the first beat is now, and the trial is marked as beating
+        (see `fail_lost_trials`), so a driver killed at any point leaves a trial that goes stale."""
         if self._thread is None:
             return
-        trial_id = self.trial_id(study, number)
+        trial_id = _trial_id(self.storage, study, number)
         self.storage.record_heartbeat(trial_id)
+        mark_beating(self.storage, trial_id)
         with self._lock:
             self._trials.add(trial_id)
 
     def remove(self, study: optuna.Study, number: int) -> None:
         if self._thread is None:
             return
-        trial_id = self.trial_id(study, number)
+        trial_id = _trial_id(self.storage, study, number)
         with self._lock:
             self._trials.discard(trial_id)
 
     def close(self) -> None:
+        """Stop beating; a beat stuck on a database that went away does not hold the driver's exit."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=self.seconds)
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
@@ -131,15 +148,20 @@ class Heartbeat:
                     break
 
 
+def _trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of a study's trial, through the storage's public lookups."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
 def claim_side_baseline(storage: optuna.storages.BaseStorage, claims: optuna.Study) -> tuple[int, str] | None:
     """Take one waiting side baseline for this driver: (its claim's trial number, its label), or
     None when every one is taken. The claim is the storage's atomic WAITING→RUNNING change."""
-    study_id = storage.get_study_id_from_name(claims.study_name)
     for trial in claims.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        trial_id = _trial_id(storage, claims, trial.number)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                return trial.number, claimed_side_baseline(trial)
+                return trial.number, side_baseline_label(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # another driver took and finished it
             continue
     return None

@@ -32,6 +32,7 @@ _ERROR = "error"  # why the trial failed for good
 _TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
 _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
 _SCREENING = "screening"  # a screened trial: its subset scores, optimistic bounds, and whether it was finished
+_BEATING = "beating"  # its driver has begun beating a heartbeat for it (recycler/coordination.py)
 # Keys of study user attributes.
 _SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
 _SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task
@@ -195,6 +196,14 @@ def side_baselines(study: optuna.Study) -> dict[str, SideBaseline]:
     }
 
 
+def mark_beating(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    storage.set_trial_user_attr(trial_id, _BEATING, True)
+
+
+def is_beating(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get(_BEATING))
+
+
 def side_baseline_queue(study_name: str) -> str:
     """The name of the companion study whose waiting trials are the side baselines still to score."""
     return f"{study_name}:side-baselines"
@@ -204,7 +213,7 @@ def queue_side_baseline(claims: optuna.Study, label: str) -> None:
     claims.enqueue_trial({}, user_attrs={_CLAIMS_LABEL: label}, skip_if_exists=False)
 
 
-def claimed_side_baseline(trial: FrozenTrial) -> str | None:
+def side_baseline_label(trial: FrozenTrial) -> str | None:
     """The side baseline a trial of the companion queue stands for (None for a trial of a study)."""
     return trial.user_attrs.get(_CLAIMS_LABEL)
 

@@ -255,7 +255,7 @@ def requeue_interrupted(prepared: PreparedStudy) -> None:
     """
     for study in (prepared.study, prepared.side_queue):
         if shares_storage(prepared.storage):
-            fail_lost_trials(study)
+            fail_lost_trials(study, prepared.storage)
             continue
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
@@ -417,8 +417,8 @@ class _Loop:
             return
         self.checked_lost = time.monotonic()
         if shares_storage(self.prepared.storage):
-            fail_lost_trials(self.prepared.study)
-            fail_lost_trials(self.prepared.side_queue)
+            fail_lost_trials(self.prepared.study, self.prepared.storage)
+            fail_lost_trials(self.prepared.side_queue, self.prepared.storage)
 
     def _finish_started(self) -> None:
         """Hand idle workers the work already begun: promoted trials, and side baselines whose worker died."""
@@ -518,11 +518,20 @@ class _Loop:
             write_results(prepared.folder, job.label, result["examples"])
         record_side_baseline(prepared.study, SideBaseline(job.label, job.recipe.to_json(),
                                                           scores=None if error else result["scores"], error=error))
-        if error:
-            prepared.side_queue.tell(job.claim, state=TrialState.FAIL)
-        else:
-            prepared.side_queue.tell(job.claim, [result["scores"][o] for o in prepared.info.objectives])
+        try:
+            if error:
+                prepared.side_queue.tell(job.claim, state=TrialState.FAIL)
+            else:
+                prepared.side_queue.tell(job.claim, [result["scores"][o] for o in prepared.info.objectives])
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # taken for lost meanwhile, and queued
+            warnings.warn(f"side baseline '{job.label}' was taken for lost by a driver while this one could not reach "
+                          "the database; it is scored again from the queue", stacklevel=1)
         self.heartbeat.remove(prepared.side_queue, job.claim)
+
+
+# What a database that went away raises: the failed statement, or the next one on the same session
+# before Optuna has rolled it back.
+_LOST_CONNECTION = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.PendingRollbackError)
 
 
 def run_search(
@@ -540,11 +549,11 @@ def run_search(
     """
     try:
         return _search(spec, Path(folder), storage, address, progress, should_stop or (lambda: False))
-    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+    except (*_LOST_CONNECTION, optuna.exceptions.StorageInternalError) as error:
         cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-        if not isinstance(cause, sqlalchemy.exc.OperationalError):  # bad data, not a lost connection
+        if not isinstance(cause, _LOST_CONNECTION):  # bad data, not a lost connection
             raise
-        raise RecyclerError(f"--storage: lost the study's database ({one_line(cause.orig or cause, 200)}); every "
+        raise RecyclerError(f"--storage: lost the study's database ({one_line(getattr(cause, 'orig', None) or cause, 200)}); every "
                             "finished trial is kept there: run the same command again to resume") from None
 
 

@@ -132,4 +132,39 @@ def test_the_service_keeps_its_studies_in_postgresql_and_shows_those_run_elsewhe
         assert main(["front", str(other_machine), "--format", "json"]) == 0
         assert front == json.loads(capsys.readouterr().out)
         assert client.post(f"/api/studies/{elsewhere}/cancel", headers=AUTH).status_code == 409
+        again = client.post("/api/studies", json={"spec": {**spec, "name": "here"}}, headers=AUTH)
+        assert again.status_code == 409 and "a study 'here' is already in the service's database" in again.json()["detail"]
         assert client.get("/", headers=AUTH).status_code == 200
+
+
+def test_a_trial_whose_driver_was_lost_before_its_first_heartbeat_is_queued_again(postgres):
+    """Optuna takes a RUNNING trial without heartbeats for alive; one left by a driver lost between
+    asking for it and its first beat is failed and queued again after ORPHAN_GRACES grace periods,
+    while a trial whose driver beats stays running."""
+    from recycler.coordination import GRACE_BEATS, ORPHAN_GRACES, Heartbeat, ask, database_storage, fail_lost_trials
+    from recycler.recipes import LinearRecipe
+    from recycler.records import record_candidate
+
+    storage = database_storage(postgres.url, heartbeat_seconds=1)
+    study = optuna.create_study(study_name="orphans", storage=storage)
+    heartbeat = Heartbeat(storage, 1)
+    try:
+        trials = []
+        for _ in range(2):
+            trial = ask(study)
+            weight = trial.suggest_float("a", 0.0, 1.0)
+            record_candidate(trial, LinearRecipe({"a": weight, "b": 1 - weight}))
+            trials.append(trial)
+        orphan, alive = trials
+        heartbeat.add(study, alive.number)
+        fail_lost_trials(study, storage)
+        assert all(t.state == TrialState.RUNNING for t in study.get_trials())  # too early to tell
+        time.sleep(ORPHAN_GRACES * GRACE_BEATS * 1 + 1)
+        fail_lost_trials(study, storage)
+    finally:
+        heartbeat.close()
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[orphan.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    retry = ask(study)  # the queued copy: the orphan's parameters, and what it repeats
+    assert retry.suggest_float("a", 0.0, 1.0) == orphan.params["a"] and retry.user_attrs["retry_of"] == orphan.number

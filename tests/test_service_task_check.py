@@ -52,6 +52,9 @@ CODE_CASES = {
     "a filter function": ("filter_list:\n  - name: f\n    filter:\n      - {function: custom, filter_fn: !function evil.process}\n",
                           "filter_list.0.filter.0.filter_fn loads Python"),
     "a task class": ("class: !function evil.Task\n", "class loads Python"),
+    "a generate() that transformers imports": (
+        "generation_kwargs: {until: ['\\n'], custom_generate: ./evil_generate, trust_remote_code: true}\n",
+        "generation_kwargs.custom_generate loads Python (not a generation setting"),
     "a metric HF evaluate loads": ("metric_list:\n  - {metric: ./my_metric, aggregation: mean}\n",
                                    "metric_list.0.metric loads Python ('./my_metric' is not one of lm-eval's metrics"),
 }

@@ -102,10 +102,20 @@ def submit_study(body: SubmitStudy, service: ServiceDep, caller: Submitter, requ
     refuse_parent_parts(body.spec)
     spec = parse_spec(body.spec, root, "spec")
     check_spec_paths(spec, service.roots)
+    if service.storage is not None and _name_taken(service, spec.name):  # it would join that study's trials
+        raise HTTPException(409, f"spec name: a study '{spec.name}' is already in the service's database; give this "
+                                 "study another name")
     row = service.store.add_study(spec.name, spec.model_dump_json(), spec.search.trials)
     service.audit.record(caller.name, "submit", f"study {row.id} ({row.name})", _address(request))
     service.runner.wake("studies")
     return _summary(service.store, row)
+
+
+def _name_taken(service: Service, name: str) -> bool:
+    """A database study is its name, so a second study of one name would share the first's trials."""
+    import optuna
+
+    return name in optuna.get_all_study_names(service.storage) or any(row.name == name for row in service.store.studies())
 
 
 @router.get("/studies", response_model=list[StudySummary])
@@ -233,8 +243,8 @@ def _summary(store: Store, row: StudyRow) -> StudySummary:
     if is_study_folder(folder):
         try:
             finished = finished_trials(load_study(folder)[0])
-        except RecyclerError:  # asked between study.json and the study's creation in its storage
-            if row.state != "running":
+        except RecyclerError:  # asked between study.json and the study's creation in its storage, or
+            if row.state not in ("running", "elsewhere"):  # a study run elsewhere and since deleted there
                 raise
     return StudySummary(id=row.id, name=row.name, state=row.state, finished=finished, budget=row.budget,
                         error=row.error, created=row.created, updated=row.updated)

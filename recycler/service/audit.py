@@ -26,14 +26,23 @@ class AuditLog:
         entry = AuditEntry(time=time.time(), token=token, action=action, target=target, address=address)
         line = (entry.model_dump_json() + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+                    line = b"\n" + line  # a line torn by a crash stays apart, and is skipped when read
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
 
     def entries(self) -> list[AuditEntry]:
+        """Every complete entry, oldest first (a line torn by a crash is left out)."""
         if not self.path.is_file():
             return []
-        return [AuditEntry.model_validate(json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+        entries = []
+        for line in self.path.read_text().splitlines():
+            try:
+                entries.append(AuditEntry.model_validate(json.loads(line)))
+            except ValueError:  # pydantic's ValidationError and json's errors are ValueErrors
+                continue
+        return entries

@@ -9,12 +9,15 @@ ran them. The service does not run, cancel or resume them: their drivers do.
 from __future__ import annotations
 
 import json
+import logging
 
 import optuna
 
 from recycler.records import study_description
 from recycler.service.store import Store
 from recycler.study import StudyInfo, write_info
+
+log = logging.getLogger("recycler.service")
 
 
 def register_elsewhere(store: Store, storage: str) -> None:
@@ -23,7 +26,12 @@ def register_elsewhere(store: Store, storage: str) -> None:
         description = study_description(summary.user_attrs)
         if description is None:  # not a recycler study, or a study's queue of side baselines
             continue
-        info = StudyInfo.described(description, storage)
-        row = store.add_elsewhere(info.name, json.dumps(info.spec), info.spec["search"]["trials"])
+        try:
+            info = StudyInfo.described(description, storage)
+            budget = int(info.spec["search"]["trials"])
+        except (TypeError, KeyError, ValueError):  # written by another version of recycler: not listed
+            log.warning("study '%s' in the database has a description this recycler cannot read", summary.study_name)
+            continue
+        row = store.add_elsewhere(info.name, json.dumps(info.spec), budget)
         if row is not None:
             write_info(store.study_folder(row.id), info)

@@ -23,6 +23,7 @@ from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.suite import SuiteSpec, absolute_data_files, listed_files, task_yaml_files
 
 _GLOB_CHARACTERS = set("*?[")
+_LM_EVAL_GENERATION_KEYS = ("until", "max_gen_toks")  # lm-eval's own, taken out before `generate`
 
 
 class _Function(str):
@@ -100,14 +101,22 @@ def _refuse_code(data: dict[str, Any], where: str) -> None:
 
 
 def _code(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Where a task YAML makes lm-eval import code: `!function` anywhere, a task `class`, and a
-    metric that is not lm-eval's own (HF evaluate loads it, from a local script if named so)."""
+    """Where a task YAML makes lm-eval import code: `!function` anywhere, a task `class`, a
+    metric that is not lm-eval's own (HF evaluate loads it, from a local script if named so), and
+    a generation keyword that is not a plain generation setting (lm-eval hands them all to
+    `model.generate`, and transformers loads code for some, such as `custom_generate`)."""
     from lm_eval.api import metrics  # noqa: F401 - fills lm-eval's metric registry
     from lm_eval.api.registry import METRIC_REGISTRY
+    from transformers import GenerationConfig
 
     yield from _functions(data, "")
     if "class" in data:
         yield "class", "a Python task class"
+    generation = data.get("generation_kwargs")
+    settings = {*GenerationConfig().to_dict(), *_LM_EVAL_GENERATION_KEYS}
+    for key in generation if isinstance(generation, dict) else {}:
+        if key not in settings:
+            yield f"generation_kwargs.{key}", "not a generation setting of transformers' GenerationConfig or lm-eval"
     metric_list = data.get("metric_list")
     for i, entry in enumerate(metric_list if isinstance(metric_list, list) else []):
         if not isinstance(entry, dict):

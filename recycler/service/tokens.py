@@ -64,7 +64,7 @@ class Tokens:
             stat = self.path.stat()
         except FileNotFoundError:
             return []
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each atomic write is a new inode
         if self._cache is None or self._cache[0] != stamp:
             try:
                 rows = json.loads(self.path.read_text())["tokens"]
