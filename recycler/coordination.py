@@ -28,11 +28,11 @@ from optuna.trial import FrozenTrial, TrialState
 from recycler.errors import RecyclerError
 from recycler.records import (
     StoredTrial,
-    side_baseline_label,
     is_beating,
     mark_beating,
     queue_again,
     queue_side_baseline,
+    side_baseline_label,
 )
 
 GRACE_BEATS = 3  # heartbeats a driver may miss before its trials are presumed lost

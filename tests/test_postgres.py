@@ -141,7 +141,14 @@ def test_a_trial_whose_driver_was_lost_before_its_first_heartbeat_is_queued_agai
     """Optuna takes a RUNNING trial without heartbeats for alive; one left by a driver lost between
     asking for it and its first beat is failed and queued again after ORPHAN_GRACES grace periods,
     while a trial whose driver beats stays running."""
-    from recycler.coordination import GRACE_BEATS, ORPHAN_GRACES, Heartbeat, ask, database_storage, fail_lost_trials
+    from recycler.coordination import (
+        GRACE_BEATS,
+        ORPHAN_GRACES,
+        Heartbeat,
+        ask,
+        database_storage,
+        fail_lost_trials,
+    )
     from recycler.recipes import LinearRecipe
     from recycler.records import record_candidate
 
