@@ -144,11 +144,15 @@ def _opened_paths(config: dict[str, Any], folder: Path) -> Iterator[tuple[str, s
     kwargs = kwargs if isinstance(kwargs, dict) else {}
     for file in listed_files(kwargs.get("data_files")):
         yield "dataset_kwargs.data_files", file if _is_url(file) else absolute_data_files(file, folder)
+    path = config.get("dataset_path")
+    local = isinstance(path, str) and (os.path.isabs(path) or path.startswith((".", "~")) or Path(path).exists())
     for key in ("data_dir", "cache_dir"):
         if isinstance(kwargs.get(key), str):
-            yield f"dataset_kwargs.{key}", kwargs[key]
-    path = config.get("dataset_path")
-    if isinstance(path, str) and (os.path.isabs(path) or path.startswith((".", "~")) or Path(path).exists()):
+            value = kwargs[key]
+            if key == "data_dir" and local:  # `datasets` reads a local dataset's data_dir inside it
+                value = os.path.join(os.path.expanduser(path), value)
+            yield f"dataset_kwargs.{key}", value
+    if local:
         yield "dataset_path", path
 
 
