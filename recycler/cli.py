@@ -319,7 +319,7 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # e.g. its retries of a lost database: recycler says it once
     for name in ("lm_eval", "lm-eval", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
