@@ -63,6 +63,9 @@ def test_a_search_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_n
             time.sleep(0.2)
         head = cluster.head_node.all_processes["raylet"][0].process.pid
         assert merge_workers_under(head), "a worker on each node: one per CPU slot"
+        (worker,) = merge_workers_under(raylet)
+        while worker.cpu_percent(interval=0.05) < 50:  # kill it while it scores a trial, not between two
+            assert driver.poll() is None, "the search ended before the node could be lost"
 
         for process in [*psutil.Process(raylet).children(recursive=True), psutil.Process(raylet)]:
             os.kill(process.pid, signal.SIGKILL)  # the node is lost mid-search: its raylet and its worker
