@@ -70,7 +70,7 @@ def test_two_drivers_share_one_study_in_postgresql(tmp_path, postgres):
     spec_path = write_pool(tmp_path, 3)
     write_suite(tmp_path / "suite")
     spec = yaml.safe_load(spec_path.read_text())
-    spec.update(name="team", suite="suite/suite.yaml", resources={"workers": 1, "heartbeat_seconds": 2},
+    spec.update(name="team", suite="suite/suite.yaml", resources={"workers": 1, "heartbeat_seconds": 5},
                 search={"trials": TRIALS})  # the default sampler (TPE), seeded apart per driver
     spec_path.write_text(yaml.safe_dump(spec))
 
