@@ -14,11 +14,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -36,6 +38,7 @@ from recycler.records import (
 )
 
 GRACE_BEATS = 3  # heartbeats a driver may miss before its trials are presumed lost
+TABLE_CREATION_TRIES = 3
 ORPHAN_GRACES = 10  # grace periods after which a RUNNING trial that never beat is presumed lost
 LOCK_FILE = "driver.lock"
 
@@ -47,13 +50,26 @@ def shares_storage(storage: optuna.storages.BaseStorage) -> bool:
 
 def database_storage(url: str, heartbeat_seconds: int | None) -> RDBStorage:
     """A database storage; with `heartbeat_seconds`, one that drivers beat and that requeues the
-    trials of a driver that stopped beating."""
-    if heartbeat_seconds is None:
-        return RDBStorage(url)
-    with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize relies on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=heartbeat_seconds, grace_period=GRACE_BEATS * heartbeat_seconds,
-                          heartbeat_stale_trial_callback=requeue_lost)
+    trials of a driver that stopped beating.
+
+    Optuna creates its tables on first use; two drivers starting together on an empty database both
+    try, and the loser's CREATE fails on what the winner made. It tries again, and finds them."""
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_seconds is not None:
+        heartbeat = {"heartbeat_interval": heartbeat_seconds, "grace_period": GRACE_BEATS * heartbeat_seconds,
+                     "heartbeat_stale_trial_callback": requeue_lost}
+
+    def connect() -> RDBStorage:
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize relies on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, **heartbeat)
+
+    for _ in range(TABLE_CREATION_TRIES - 1):
+        try:
+            return connect()
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
+            time.sleep(1.0)
+    return connect()
 
 
 def requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:

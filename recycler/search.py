@@ -34,6 +34,7 @@ from recycler.coordination import (
     Heartbeat,
     ask,
     claim_side_baseline,
+    database_storage,
     fail_lost_trials,
     folder_lock,
     requeue_lost,
@@ -187,7 +188,7 @@ def _check_shared_study(info: StudyInfo) -> None:
     """Refuse a study name that, in this database, belongs to a study of another pool, objectives or
     space (a team's database holds many people's studies): joining it would mix their trials."""
     try:
-        existing = optuna.load_study(study_name=info.name, storage=info.storage)
+        existing = optuna.load_study(study_name=info.name, storage=database_storage(info.storage, None))
     except KeyError:
         return
     bound = study_binding(existing)

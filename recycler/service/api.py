@@ -115,7 +115,9 @@ def _name_taken(service: Service, name: str) -> bool:
     """A database study is its name, so a second study of one name would share the first's trials."""
     import optuna
 
-    return name in optuna.get_all_study_names(service.storage) or any(row.name == name for row in service.store.studies())
+    from recycler.coordination import database_storage
+
+    return name in optuna.get_all_study_names(database_storage(service.storage, None)) or any(row.name == name for row in service.store.studies())
 
 
 @router.get("/studies", response_model=list[StudySummary])

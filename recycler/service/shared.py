@@ -13,6 +13,7 @@ import logging
 
 import optuna
 
+from recycler.coordination import database_storage
 from recycler.records import study_description
 from recycler.service.store import Store
 from recycler.study import StudyInfo, write_info
@@ -22,7 +23,7 @@ log = logging.getLogger("recycler.service")
 
 def register_elsewhere(store: Store, storage: str) -> None:
     """Register every recycler study in the database that the service does not know by name."""
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    for summary in optuna.get_all_study_summaries(database_storage(storage, None), include_best_trial=False):
         description = study_description(summary.user_attrs)
         if description is None:  # not a recycler study, or a study's queue of side baselines
             continue
