@@ -102,7 +102,7 @@ class WorkerPool(Generic[Job]):
 
     def _replace(self) -> None:
         """Ask for a new worker without waiting for it: Ray starts it where there is room."""
-        handle = self._actor().remote(self.spec, worker_device(self.spec).type, self._cpus())
+        handle = self._new_worker(self._cpus())
         self._replacing[handle.ready.remote()] = handle
         if not self.workers and self._short_since is None:
             self._short_since = time.monotonic()
@@ -156,7 +156,7 @@ class WorkerPool(Generic[Job]):
         from tqdm import tqdm
 
         cpus = self._cpus()
-        started = [self._actor().remote(self.spec, worker_device(self.spec).type, cpus) for _ in range(count)]
+        started = [self._new_worker(cpus) for _ in range(count)]
         waiting = [handle.ready.remote() for handle in started]
         limit = self.spec.resources.placement_timeout_seconds
         deadline = time.monotonic() + limit
@@ -184,13 +184,15 @@ class WorkerPool(Generic[Job]):
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)) // self.spec.resources.workers)
 
-    def _actor(self) -> Any:
+    def _new_worker(self, cpus: int) -> Any:
+        """A worker actor holding `cpus` CPU slots (and its GPUs), told how many threads it has."""
         import ray
 
         from recycler.workers import MergeWorker
 
         resources = self.spec.resources
-        return ray.remote(MergeWorker).options(num_cpus=self._cpus(), num_gpus=resources.gpus_per_worker, max_concurrency=1)
+        actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=resources.gpus_per_worker, max_concurrency=1)
+        return actor.remote(self.spec, worker_device(self.spec).type, cpus)
 
 
 def _describe(error: Exception) -> str:

@@ -150,8 +150,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     texts = suite.example_texts(tasks)
     if not prompts_kept(folder):
         write_prompts(folder, texts)
-    storage = storage_for(folder, info, spec.resources.heartbeat_seconds)
-    study, created = _open_study(storage, info, spec)
+    optuna_storage = storage_for(folder, info, spec.resources.heartbeat_seconds)
+    study, created = _open_study(optuna_storage, info, spec)
     baselines = baseline_recipes(pool.names, pool.base is not None)
     if created:  # only the driver that made the study queues its baselines, so each is scored once
         for label, recipe in baselines.items():
@@ -159,9 +159,9 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
             if params is not None:
                 queue_baseline(study, params, label)
     side = {label: recipe for label, recipe in baselines.items() if space.params_for(recipe) is None}
-    side_queue = _open_side_queue(storage, study, info, side)
+    side_queue = _open_side_queue(optuna_storage, study, info, side)
     screening = _screening(spec, suite, tasks, texts, study) if spec.search.fidelity is not None else None
-    return PreparedStudy(study, storage, folder, info, space, side, side_queue, suite, tasks, screening)
+    return PreparedStudy(study, optuna_storage, folder, info, space, side, side_queue, suite, tasks, screening)
 
 
 def _check_screenable(suite: Suite, tasks: dict[str, Any]) -> None:
