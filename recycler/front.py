@@ -81,25 +81,26 @@ def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
 
 
 def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool,
-           screened_out: bool = False) -> FrontEntry:
+           screened_out: bool = False, dominated_by: int | None = None) -> FrontEntry:
     merge = recipe_from_json(recipe)
     return FrontEntry(trial=trial, baseline=label is not None, baseline_name=label, on_front=on_front,
-                      screened_out=screened_out, beaten_by_front=None, method=merge.method, settings=merge.describe(),
-                      weights=merge.checkpoint_weights(), scores=scores, recipe=recipe)
+                      screened_out=screened_out, dominated_by=dominated_by, beaten_by_front=None, method=merge.method,
+                      settings=merge.describe(), weights=merge.checkpoint_weights(), scores=scores, recipe=recipe)
 
 
 def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = False) -> list[FrontEntry]:
     """The Pareto front (Optuna's own `best_trials`), every baseline trial in trial order, then the
     baselines scored beside the search (trial None). A baseline's `beaten_by_front` says whether a
     front member dominates it. `include_all` adds every completed trial, and the trials dropped at
-    screening with their subset's scores (`screened_out`)."""
+    screening with their subset's scores (`screened_out`) and the trial that dominated them."""
     front = study.best_trials
     numbers = {t.number for t in front}
     trials = stored_trials(study)
     keep = [t for t in trials if t.complete and (include_all or t.number in numbers or t.baseline is not None)]
     keep += [t for t in trials if include_all and t.screened_out]
     records = [_entry(t.number, t.baseline, t.recipe, t.scores if t.complete else t.screening["scores"], t.number in numbers,
-                      screened_out=t.screened_out) for t in sorted(keep, key=lambda t: t.number)]
+                      screened_out=t.screened_out, dominated_by=t.screening.get("dominated_by") if t.screened_out else None)
+               for t in sorted(keep, key=lambda t: t.number)]
     records += [_entry(None, b.label, b.recipe, b.scores, False) for b in side_baselines(study).values() if b.scores is not None]
     for r in records:
         values = [r["scores"][o] for o in info.objectives]
@@ -121,13 +122,14 @@ def _top_weights(weights: dict[str, float]) -> str:
 
 def front_table(records: list[FrontEntry], info: StudyInfo, *, wide: bool = False) -> pd.DataFrame:
     """One row per record: trial, kind, method, front membership (or 'beaten' for a baseline a front
-    member dominates), one column per task (held-out ones marked 'ho:'), and the weights: the
-    largest three in one column, or (wide) one column per checkpoint and the method's settings."""
+    member dominates, '< N' for a candidate trial N dominated at screening), one column per task
+    (held-out ones marked 'ho:'), and the weights: the largest three in one column, or (wide) one
+    column per checkpoint and the method's settings."""
     rows = []
     for r in records:
         kind = r["baseline_name"] or ("screened out" if r.get("screened_out") else "merge")
         row = {"trial": "-" if r["trial"] is None else r["trial"], "kind": kind, "method": r["method"],
-               "front": "*" if r["on_front"] else ("beaten" if r.get("beaten_by_front") else "")}
+               "front": "*" if r["on_front"] else _not_on_front(r)}
         if wide:
             row.update({f"w:{name}": r["weights"].get(name, 0.0) for name in info.checkpoints})
             row["settings"] = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
@@ -137,6 +139,12 @@ def front_table(records: list[FrontEntry], info: StudyInfo, *, wide: bool = Fals
             row["top weights"] = _top_weights(r["weights"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _not_on_front(r: FrontEntry) -> str:
+    if r.get("beaten_by_front"):
+        return "beaten"
+    return f"< {r['dominated_by']}" if r.get("dominated_by") is not None else ""
 
 
 def most_balanced(records: list[FrontEntry], info: StudyInfo) -> FrontEntry:

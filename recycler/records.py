@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,6 +19,9 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from recycler.recipes import LinearRecipe, MergeRecipe
+
+if TYPE_CHECKING:
+    from recycler.screening import Verdict
 
 # Keys of trial user attributes.
 _RECIPE = "recipe"  # the candidate's recipe as JSON, recorded once its parameters are drawn
@@ -31,7 +34,8 @@ _ATTEMPT = "attempt"  # 1 for a first try
 _ERROR = "error"  # why the trial failed for good
 _TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
 _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
-_SCREENING = "screening"  # a screened trial: its subset scores, optimistic bounds, and whether it was finished
+_SCREENING = "screening"  # a screened trial: its subset scores, whether it was finished, and why not
+_SUBSET_SCORES = "subset_scores"  # a fully evaluated trial of a screening study: its per-example scores on the subset
 _BEATING = "beating"  # its driver has begun beating a heartbeat for it (recycler/coordination.py)
 # Keys of study user attributes.
 _SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
@@ -58,7 +62,8 @@ class StoredTrial:
     retry_of: int | None
     seconds: dict[str, float]  # merge, forward and whole-trial time, by key
     examples_scored: int | None  # None in studies from before costs were recorded
-    screening: dict[str, Any] | None  # {"scores", "optimistic", "finished"} of a screened trial
+    screening: dict[str, Any] | None  # {"scores", "finished", "dominated_by", "optimistic"} of a screened trial
+    subset_scores: dict[str, list[float]] | None  # per objective, on the screening subset (fully evaluated trials)
 
     @property
     def screened_out(self) -> bool:
@@ -90,6 +95,7 @@ class StoredTrial:
             seconds={key: attrs[key] for key in _TIMING if key in attrs},
             examples_scored=attrs.get(_EXAMPLES_SCORED),
             screening=attrs.get(_SCREENING),
+            subset_scores=attrs.get(_SUBSET_SCORES),
         )
 
     @property
@@ -140,11 +146,18 @@ def record_examples_scored(trial: optuna.Trial, count: int) -> None:
     trial.set_user_attr(_EXAMPLES_SCORED, count)
 
 
-def record_screening(trial: optuna.Trial, scores: dict[str, float], optimistic: list[float], finished: bool) -> None:
-    """What screening saw: the subset's scores, the optimistic full scores (None where an objective
-    is not bounded), and the decision."""
-    bounded = [value if math.isfinite(value) else None for value in optimistic]
-    trial.set_user_attr(_SCREENING, {"scores": scores, "optimistic": bounded, "finished": finished})
+def record_screening(trial: optuna.Trial, scores: dict[str, float], verdict: Verdict) -> None:
+    """What screening saw: the subset's scores and the decision; a dropped trial also keeps the front
+    member that dominated it and its optimistic scores against that member (None where an objective
+    is not bounded)."""
+    bounded = None if verdict.optimistic is None else [v if math.isfinite(v) else None for v in verdict.optimistic]
+    trial.set_user_attr(_SCREENING, {"scores": scores, "finished": verdict.finish, "dominated_by": verdict.dominated_by,
+                                     "optimistic": bounded})
+
+
+def record_subset_scores(trial: optuna.Trial, scores: dict[str, list[float]]) -> None:
+    """A fully evaluated trial's scores on the screening subset, which later candidates are paired with."""
+    trial.set_user_attr(_SUBSET_SCORES, scores)
 
 
 def study_binding(study: optuna.Study) -> dict[str, Any] | None:
@@ -263,6 +276,7 @@ class FrontEntry(TypedDict):
     baseline_name: str | None
     on_front: bool
     screened_out: Annotated[bool, Field(description="dropped at screening: `scores` are its subset's, never on the front")]
+    dominated_by: Annotated[int | None, Field(description="dropped at screening: the fully evaluated trial that dominated its optimistic scores")]
     beaten_by_front: Annotated[bool | None, Field(description="baselines: whether a front member dominates it")]
     method: str
     settings: dict[str, Any]

@@ -2,14 +2,16 @@
 only if it can still reach the front.
 
 The subset is the same for every candidate, drawn once per study, stratified by prompt length and
-seeded, and stored on the study. The decision compares a candidate's bound from the subset with the
-front members' full scores (not their subset scores): a subset that is harder or easier than its
-task biases every candidate alike, and the bound does not model that (BENCHMARKS.md section 8
-measured its coverage below the nominal confidence on one seed). A screened candidate's optimistic score per
-objective assumes its unscored examples do as well as a one-sided confidence bound from the scored
-ones allows (Wilson's bound for 0/1 metrics, a normal bound otherwise); it is finished only if no
-fully evaluated trial dominates those optimistic scores. Finishing scores the remaining examples
-only, and the task's own aggregation over all of them gives exactly full evaluation's score.
+seeded, and stored on the study; each fully evaluated trial keeps its own scores on it. A candidate
+is compared with each front member on the same subset examples (paired): its optimistic full score
+per objective is the member's full score plus a one-sided confidence bound on the candidate's
+difference from the member, the difference on the subset examples standing for the difference on
+the rest. Pairing cancels the subset's own error (a subset harder or easier than its task shifts
+both alike); BENCHMARKS.md section 8 measured an unpaired bound (the candidate's subset mean alone
+against the members' full scores) dropping front members far more often than its confidence says.
+The candidate is dropped if a member dominates its optimistic scores against that member.
+Finishing scores the remaining examples only, and the task's own aggregation over all of them gives
+exactly full evaluation's score.
 """
 
 from __future__ import annotations
@@ -42,20 +44,38 @@ def complement(subset: Selection, totals: Mapping[str, int]) -> dict[str, list[i
     return {task: sorted(set(range(total)) - set(subset.get(task, ()))) for task, total in totals.items()}
 
 
-def _rest_bound(values: list[float], z: float, upper: bool) -> float:
-    """A one-sided bound on the mean of the unscored examples from the scored ones."""
-    n = len(values)
+def _paired_bound(candidate: list[float], member: list[float], member_full: float, total: int, z: float,
+                  upper: bool) -> float:
+    """A one-sided bound on the candidate's full score: the member's full score plus the candidate's
+    difference from it on the subset, and on the unscored examples the subset's mean difference
+    widened by z standard errors. The spread counts one extra unit of squared difference (the
+    largest a 0/1 metric has), so the bound stays wide where the two agree on every subset example."""
+    n = len(candidate)
     if n == 0:
         return math.inf if upper else -math.inf
-    mean = statistics.fmean(values)
-    if set(values) <= {0.0, 1.0}:  # Wilson score interval of a proportion
-        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return centre + half if upper else centre - half
-    if n < 2:
-        return math.inf if upper else -math.inf
-    half = z * statistics.stdev(values) / math.sqrt(n)
-    return mean + half if upper else mean - half
+    differences = [c - m for c, m in zip(candidate, member)]
+    mean = statistics.fmean(differences)
+    spread = math.sqrt((sum((d - mean) ** 2 for d in differences) + 1) / n)
+    rest = mean + (z if upper else -z) * spread / math.sqrt(n)
+    return member_full + (sum(differences) + (total - n) * rest) / total
+
+
+@dataclass(frozen=True)
+class FrontMember:
+    """A fully evaluated trial on the front, as screening compares candidates with it."""
+
+    number: int
+    values: list[float]
+    subset_scores: dict[str, list[float]]  # its per-example scores on the subset, by objective, in subset order
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Screening's decision on a candidate."""
+
+    finish: bool
+    dominated_by: int | None = None  # the member that dominates its optimistic scores, when dropped
+    optimistic: list[float] | None = None  # its optimistic scores against that member (None: not bounded)
 
 
 @dataclass(frozen=True)
@@ -80,23 +100,38 @@ class Screening:
     def screened_examples(self) -> int:
         return sum(len(indices) for indices in self.subset.values())
 
-    def optimistic(self, examples: Mapping[str, Any], objectives: list[str], directions: list[str]) -> list[float]:
-        """Each objective's best plausible full score given the screened examples' values; an
-        objective whose score is not a mean is not bounded (it never causes a drop)."""
+    def on_subset(self, examples: Mapping[str, Any], objectives: list[str]) -> dict[str, list[float]]:
+        """Each objective's per-example scores on the subset, in subset order, from a stage's results
+        (with their `indices`) or a full evaluation's (every example, in order)."""
+        chosen = {}
+        for task in objectives:
+            result = examples[task]
+            by_index = dict(zip(result.get("indices") or range(len(result["scores"])), result["scores"]))
+            chosen[task] = [by_index[i] for i in self.subset[task]]
+        return chosen
+
+    def optimistic(self, candidate: Mapping[str, list[float]], member: FrontMember, objectives: list[str],
+                   directions: list[str]) -> list[float]:
+        """The candidate's best plausible full scores, paired with one front member; an objective
+        whose score is not a mean is not bounded (it never causes a drop)."""
         z = statistics.NormalDist().inv_cdf(self.confidence)
         bounds = []
-        for task, direction in zip(objectives, directions):
+        for task, direction, member_full in zip(objectives, directions, member.values):
             upper = direction == "maximize"
             if task not in self.mean_tasks:
                 bounds.append(math.inf if upper else -math.inf)
                 continue
-            values = examples[task]["scores"]
-            unscored = self.totals[task] - len(values)
-            bounds.append((sum(values) + unscored * _rest_bound(values, z, upper)) / self.totals[task])
+            bounds.append(_paired_bound(candidate[task], member.subset_scores[task], member_full, self.totals[task], z, upper))
         return bounds
 
-    def worth_finishing(self, optimistic: list[float], front: list[list[float]], directions: list[str]) -> bool:
-        return not any(dominates(member, optimistic, directions) for member in front)
+    def verdict(self, candidate: Mapping[str, list[float]], front: list[FrontMember], objectives: list[str],
+                directions: list[str]) -> Verdict:
+        """Drop the candidate if a front member dominates its optimistic scores against that member."""
+        for member in front:
+            optimistic = self.optimistic(candidate, member, objectives, directions)
+            if dominates(member.values, optimistic, directions):
+                return Verdict(False, member.number, optimistic)
+        return Verdict(True)
 
 
 def merge_stages(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, dict[str, list]]:

@@ -60,13 +60,14 @@ from recycler.records import (
     record_screening_subset,
     record_side_baseline,
     record_study_binding,
+    record_subset_scores,
     screening_subset,
     side_baseline_queue,
     side_baselines,
     stored_trials,
     study_binding,
 )
-from recycler.screening import Screening, choose_subset, merge_stages
+from recycler.screening import FrontMember, Screening, choose_subset, merge_stages
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
@@ -310,6 +311,8 @@ def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str
         study.tell(trial, state=TrialState.FAIL)
         return None
     write_results(prepared.folder, trial.number, result["examples"])
+    if prepared.screening is not None:  # what later candidates are paired with at screening
+        record_subset_scores(trial, prepared.screening.on_subset(result["examples"], prepared.info.objectives))
     record_examples_scored(trial, sum(len(task["scores"]) for task in result["examples"].values()))
     values = [result["scores"][o] for o in prepared.info.objectives]
     study.tell(trial, values)
@@ -455,11 +458,13 @@ class _Loop:
         if "error" in result or _non_finite(result["scores"]):
             self.progress.trial_finished(record_result(prepared, job.trial, result))
             return False
-        info = prepared.info
-        optimistic = prepared.screening.optimistic(result["examples"], info.objectives, info.directions)
-        front = [t.values for t in study.best_trials]
-        finish = prepared.screening.worth_finishing(optimistic, front, info.directions)
-        record_screening(job.trial, result["scores"], optimistic, finish)
+        info, screening = prepared.info, prepared.screening
+        front = [FrontMember(t.number, t.values, t.subset_scores) for t in map(StoredTrial.of, study.best_trials)
+                 if t.subset_scores is not None]  # (older trials did not keep theirs: never compared)
+        verdict = screening.verdict(screening.on_subset(result["examples"], info.objectives), front, info.objectives,
+                                    info.directions)
+        record_screening(job.trial, result["scores"], verdict)
+        finish = verdict.finish
         if finish:
             self.finishing.append(replace(job, stage="rest", screened=result))
             return True

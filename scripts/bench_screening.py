@@ -14,9 +14,14 @@ On the demo pool, per seed (default sampler, 2 Ray workers, the same suite):
 3. offline, a MAP surrogate (ridge-regularized Scheffe quadratic in the checkpoint weights, one per
    objective, optimistic by its leave-one-out error) replayed over each screening study's candidates
    as a filter before screening: what it would have rejected, and at what cost.
-4. offline, the screening rule replayed on each full study's candidates (their per-example results
-   are kept), against an oracle (candidates their full scores show dominated) and a paired bound;
-   and the fixed subset's error per objective, shared by every candidate.
+4. offline, the screening rule (paired with each front member) replayed on each full study's
+   candidates (their per-example results are kept), against an oracle (candidates their full scores
+   show dominated) and the unpaired rule it replaced; and the fixed subset's error per objective,
+   shared by every candidate.
+5. with `--projections 2 3`, the replay of part 4 on every pair and triple of the full studies'
+   objectives, as if the search had optimized only those: both rules' wrong drops over many fronts.
+`--objectives` optimizes some of the suite's held-in tasks only (every task is still scored);
+with `--examples-per-task N` the demo's tasks get N examples each and only the objectives are scored.
 Studies are kept under --root and reused when run again (a finished study is only re-read).
 Usage:
     python scripts/bench_screening.py --pool recycler-demo/pool/pool.yaml --seeds 0 1 2 --settings 0.2:0.9
@@ -25,10 +30,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +50,22 @@ from recycler.spec import Fidelity, load_spec
 from recycler.study import load_study
 
 DATA = Path(__file__).resolve().parent / "bench_data"
+SUITES = Path(__file__).resolve().parent.parent / "eval_suites"
+
+
+def scaled_demo_suite(root: Path, examples: int, held_in: list[str]):
+    """The demo suite's tasks with `examples` examples each, from the demo's own generator (the first
+    100 are the demo's), `held_in` as objectives and no held-out task: a suite where a screening
+    subset holds as many examples as a real suite's would."""
+    from recycler.demo.skills import write_eval_data
+    from recycler.suite import SuiteSpec, SuiteTask
+
+    folder = root / f"suite-{examples}"
+    if not (folder / "data").is_dir():
+        shutil.copytree(SUITES / "demo", folder, ignore=shutil.ignore_patterns("data"))
+        write_eval_data(folder / "data", examples_per_task=examples)
+    return SuiteSpec(name=f"demo-{examples}", task_dir=folder, limit=examples,
+                     held_in=[SuiteTask(task=task) for task in held_in])
 
 
 def examples_reached(folder: Path, limit: int):
@@ -217,70 +241,90 @@ def surrogate_replay(folder: Path, drops: dict, z: float, min_points: int, ridge
 
 # ---- 4. the screening rule replayed on full evaluation's candidates --------------------------
 
-def replay_rules(folder: Path, fraction: float, confidence: float, seed: int) -> dict:
+def unpaired_optimistic(candidate: dict[str, list[float]], totals: dict[str, int], z: float,
+                        directions: list[str]) -> list[float]:
+    """The rule screening used before it paired: per objective, the candidate's unscored examples
+    assumed as good as a one-sided bound from its own subset allows (Wilson's for 0/1 scores)."""
+    bounds = []
+    for (task, values), direction in zip(candidate.items(), directions):
+        n, mean, sign = len(values), statistics.fmean(values), 1 if direction == "maximize" else -1
+        if set(values) <= {0.0, 1.0}:
+            centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+            rest = centre + sign * z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        else:
+            rest = mean + sign * z * statistics.stdev(values) / math.sqrt(n)
+        bounds.append((sum(values) + (totals[task] - n) * rest) / totals[task])
+    return bounds
+
+
+def replay_rules(folder: Path, fraction: float, confidence: float, seed: int, keep: tuple[int, ...] | None = None) -> dict:
     """Each non-baseline candidate of a full study, in trial order, screened offline on the subset the
     feature draws (same fraction and seed) from its kept per-example results, against the front of
-    the complete trials numbered below it: by the feature's rule (each objective's own optimistic
-    bound) and by a paired rule (the bound on the candidate's difference from one front member on
-    the same subset examples, plus that member's known scores on the rest). A drop is wrong if the
-    candidate is on the study's final front."""
+    the complete trials numbered below it: by the feature's rule (paired with each front member on
+    the subset) and by the unpaired rule it replaced (the candidate's own subset bound against the
+    members' full scores). A drop is wrong if the candidate is on the study's final front. `keep`:
+    the study's objectives (by position) the replay looks at, as if the search had only those."""
     from recycler.examples import read_prompts, read_results
-    from recycler.screening import Screening, choose_subset, complement
+    from recycler.screening import FrontMember, Screening, choose_subset
 
     study, info = load_study(folder)
+    keep = keep or tuple(range(len(info.objectives)))
+    objectives, dirs = [info.objectives[k] for k in keep], [info.directions[k] for k in keep]
     texts = read_prompts(folder)
     subset = choose_subset(texts, fraction, seed)
     totals = {task: len(v) for task, v in texts.items()}
-    rest = complement(subset, totals)
-    screening = Screening(subset, totals, confidence, frozenset(info.objectives))
+    screening = Screening(subset, totals, confidence, frozenset(objectives))
     z = statistics.NormalDist().inv_cdf(confidence)
-    trials = sorted(stored_trials(study, complete_only=True), key=lambda t: t.number)
+    trials = [replace(t, values=[t.values[k] for k in keep])
+              for t in sorted(stored_trials(study, complete_only=True), key=lambda t: t.number)]
     per_example = {t.number: read_results(folder, t.number) for t in trials}
-    final = {t.number for t in study.best_trials}
-    dirs = info.directions
-
-    def paired_optimistic(c: dict, m: dict, m_values: list[float]) -> list[float]:
-        bounds = []
-        for task, m_full in zip(info.objectives, m_values):
-            cs, ms = c[task]["scores"], m[task]["scores"]
-            d = [cs[i] - ms[i] for i in subset[task]]
-            n = len(d)
-            # sd with one pseudo-example of difference 1, so a subset where the two agree everywhere still has a width
-            sd = math.sqrt((sum((x - statistics.fmean(d)) ** 2 for x in d) + 1) / n)
-            rest_sum = sum(ms[i] for i in rest[task]) + len(rest[task]) * (statistics.fmean(d) + z * sd / math.sqrt(n))
-            bounds.append((sum(cs[i] for i in subset[task]) + rest_sum) / totals[task])
-        return bounds
+    on_subset = {t.number: screening.on_subset(per_example[t.number], objectives) for t in trials}
+    final = {t.number for t in trials if not any(dominates(o.values, t.values, dirs) for o in trials)}
 
     out = {"confidence": confidence, "fraction": fraction, "candidates": 0, "final_front": len(final),
            "dominated_in_full": 0}  # the oracle: candidates the front before them dominates on their full scores
-    for rule in ("unpaired", "paired"):
+    for rule in ("paired", "unpaired"):
         out[rule] = {"dropped": 0, "wrong": 0}
     for k, t in enumerate(trials):
         if t.baseline is not None:
             continue
         before = trials[:k]
         front = [b for b in before if not any(dominates(o.values, b.values, dirs) for o in before)]
-        c = per_example[t.number]
         out["candidates"] += 1
         out["dominated_in_full"] += any(dominates(m.values, t.values, dirs) for m in front)
-        shown = {task: {"scores": [c[task]["scores"][i] for i in subset[task]]} for task in info.objectives}
-        optimistic = screening.optimistic(shown, info.objectives, dirs)
-        drops = {"unpaired": any(dominates(m.values, optimistic, dirs) for m in front),
-                 "paired": any(dominates(m.values, paired_optimistic(c, per_example[m.number], m.values), dirs) for m in front)}
+        members = [FrontMember(m.number, m.values, on_subset[m.number]) for m in front]
+        unpaired = unpaired_optimistic(on_subset[t.number], totals, z, dirs)
+        drops = {"paired": not screening.verdict(on_subset[t.number], members, objectives, dirs).finish,
+                 "unpaired": any(dominates(m.values, unpaired, dirs) for m in front)}
         for rule, dropped in drops.items():
             out[rule]["dropped"] += dropped
             out[rule]["wrong"] += dropped and t.number in final
     # the fixed subset's error, shared by every candidate: subset score minus full score, per objective
-    diffs = [[statistics.fmean(per_example[t.number][o]["scores"][i] for i in subset[o]) - v for o, v in zip(info.objectives, t.values)]
-             for t in trials]
+    diffs = [[statistics.fmean(on_subset[t.number][o]) - v for o, v in zip(objectives, t.values)] for t in trials]
     out["subset_minus_full"] = {o: {"mean": statistics.fmean(d[k] for d in diffs), "sd": statistics.stdev(d[k] for d in diffs)}
-                                for k, o in enumerate(info.objectives)}
+                                for k, o in enumerate(objectives)}
     cost, screen_cost = sum(totals.values()), sum(len(v) for v in subset.values())
-    for rule in ("unpaired", "paired"):
+    for rule in ("paired", "unpaired"):
         r = out[rule]
         r["examples_share_saved"] = r["dropped"] * (cost - screen_cost) / (len(trials) * cost)
         r["wrong_share_of_final_front"] = r["wrong"] / len(final)
     return out
+
+
+def replay_projections(folders: dict[str, Path], fraction: float, confidence: float, size: int) -> dict:
+    """The replay on every `size` of each full study's objectives (as if the search had optimized
+    those only; its candidates are still the 6-objective search's): the spread of both rules'
+    wrong drops over many small fronts."""
+    rows = {"paired": [], "unpaired": []}
+    for seed, folder in folders.items():
+        _, info = load_study(folder)
+        for keep in itertools.combinations(range(len(info.objectives)), size):
+            r = replay_rules(folder, fraction, confidence, int(seed), keep)
+            for rule in rows:
+                rows[rule].append((r[rule]["examples_share_saved"], r[rule]["wrong_share_of_final_front"]))
+    return {rule: {"fronts": len(v), "median_examples_share_saved": statistics.median(x for x, _ in v),
+                   "mean_wrong_share_of_front": statistics.fmean(w for _, w in v), "max_wrong_share_of_front": max(w for _, w in v),
+                   "fronts_over_5_percent_wrong": sum(w > 0.05 for _, w in v)} for rule, v in rows.items()}
 
 
 def main() -> None:
@@ -293,11 +337,16 @@ def main() -> None:
     parser.add_argument("--budget-factor", type=float, default=1.05, help="screening runs until this times full's examples")
     parser.add_argument("--max-trials", type=int, default=600, help="cap on a screening study's trials")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--objectives", nargs="+", help="held-in tasks to optimize (default: all of the suite's)")
+    parser.add_argument("--examples-per-task", type=int,
+                        help="score the demo's tasks on this many examples each (needs --objectives; no held-out tasks)")
     parser.add_argument("--surrogate-z", type=float, nargs="+", default=[1.2816, 0.0])
     parser.add_argument("--surrogate-min-points", type=int, default=45)
     parser.add_argument("--surrogate-ridge", type=float, default=1e-3)
     parser.add_argument("--replay-confidences", type=float, nargs="*", default=[0.5, 0.7, 0.9, 0.95],
                         help="confidences of the offline replay of the screening rule on the full studies (part 4)")
+    parser.add_argument("--projections", type=int, nargs="*", default=[],
+                        help="replay the rules on every pair (2), triple (3), ... of the full studies' objectives (part 5)")
     parser.add_argument("--skip-rescore", action="store_true", help="leave out part 2 (and the surrogate's use of it)")
     parser.add_argument("--out", type=Path, default=DATA / "screening.json")
     args = parser.parse_args()
@@ -311,11 +360,15 @@ def main() -> None:
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = load_spec(args.pool)
+    if args.examples_per_task:
+        spec = spec.model_copy(update={"suite": scaled_demo_suite(args.root, args.examples_per_task, args.objectives)})
+    elif args.objectives:
+        spec = spec.model_copy(update={"objectives": args.objectives})
     settings = [tuple(float(v) for v in s.split(":")) for s in args.settings]
     started_all = time.perf_counter()
     results: dict = {"command": "python scripts/bench_screening.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "skip_rescore")),
+        for k, v in vars(args).items() if k not in ("out", "skip_rescore") and v is not None),
         "seeds": {}}
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -380,9 +433,19 @@ def main() -> None:
         name = f"screen-{fraction:g}-{confidence:g}"
         replays[name] = {str(seed): replay_rules(args.root / f"full-s{seed}", fraction, confidence, seed) for seed in args.seeds}
         for seed, r in replays[name].items():
-            print(f"replay {name} seed {seed}: of {r['candidates']} candidates, feature's rule drops {r['unpaired']['dropped']} "
-                  f"({r['unpaired']['wrong']} wrong), paired rule {r['paired']['dropped']} ({r['paired']['wrong']} wrong); "
+            print(f"replay {name} seed {seed}: of {r['candidates']} candidates, the feature's (paired) rule drops "
+                  f"{r['paired']['dropped']} ({r['paired']['wrong']} wrong), the unpaired rule {r['unpaired']['dropped']} "
+                  f"({r['unpaired']['wrong']} wrong); "
                   f"oracle {r['dominated_in_full']}; final front {r['final_front']}", flush=True)
+    write_text_atomic(args.out, json.dumps(results, indent=1))
+
+    full_folders = {str(seed): args.root / f"full-s{seed}" for seed in args.seeds}
+    projections = results["projections"] = {}
+    for size in args.projections:
+        for fraction, confidence in settings:
+            name = f"{size} objectives, screen-{fraction:g}-{confidence:g}"
+            projections[name] = replay_projections(full_folders, fraction, confidence, size)
+            print(f"projections {name}: {json.dumps(projections[name])}", flush=True)
     write_text_atomic(args.out, json.dumps(results, indent=1))
 
     summary = {}

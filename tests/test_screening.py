@@ -13,7 +13,7 @@ from recycler.export import export_trial
 from recycler.front import front_records
 from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
-from recycler.screening import Screening, choose_subset, complement, merge_stages
+from recycler.screening import FrontMember, Screening, choose_subset, complement, merge_stages
 from recycler.search import finished_trials, run_search
 from recycler.study import load_study
 from recycler.workers import MergeWorker
@@ -32,16 +32,31 @@ def test_the_subset_is_stratified_by_prompt_length_seeded_and_the_right_size():
     assert sorted(subset["a"] + complement(subset, {"a": 100})["a"]) == list(range(100))
 
 
-def test_the_optimistic_bound_covers_the_subset_and_is_wider_with_fewer_examples():
+def test_the_paired_bound_carries_the_members_full_score_and_widens_with_fewer_examples():
     screening = Screening({"t": list(range(10))}, {"t": 100}, 0.95, frozenset({"t"}))
-    half = {"t": {"scores": [1.0] * 5 + [0.0] * 5}}
-    (upper,) = screening.optimistic(half, ["t"], ["maximize"])
-    (lower,) = screening.optimistic(half, ["t"], ["minimize"])
-    assert lower < 0.5 < upper < 1
+    # the subset is harder than the task: the member scores 0.5 on it but 0.8 in full
+    member = FrontMember(7, [0.8], {"t": [1.0] * 5 + [0.0] * 5})
+    same = {"t": [1.0] * 5 + [0.0] * 5}
+    (upper,) = screening.optimistic(same, member, ["t"], ["maximize"])
+    (lower,) = screening.optimistic(same, member, ["t"], ["minimize"])
+    assert lower < 0.8 < upper < 1  # the subset's own difficulty cancels out
+    assert screening.verdict(same, [member], ["t"], ["maximize"]).finish
+    worse = {"t": [0.0] * 10}  # loses every example the member wins
+    verdict = screening.verdict(worse, [member], ["t"], ["maximize"])
+    assert not verdict.finish and verdict.dominated_by == 7 and verdict.optimistic[0] < 0.8
     few = Screening({"t": [0, 1]}, {"t": 100}, 0.95, frozenset({"t"}))
-    assert few.optimistic({"t": {"scores": [1.0, 0.0]}}, ["t"], ["maximize"])[0] > upper
-    unbounded = Screening({"t": [0]}, {"t": 100}, 0.95, frozenset())  # not a mean: never a reason to drop
-    assert unbounded.optimistic(half, ["t"], ["maximize"]) == [math.inf]
+    pair = FrontMember(7, [0.8], {"t": [1.0, 0.0]})
+    assert few.optimistic({"t": [1.0, 0.0]}, pair, ["t"], ["maximize"])[0] > upper
+    unbounded = Screening({"t": list(range(10))}, {"t": 100}, 0.95, frozenset())  # not a mean: never a reason to drop
+    assert unbounded.optimistic(worse, member, ["t"], ["maximize"]) == [math.inf]
+    assert unbounded.verdict(worse, [member], ["t"], ["maximize"]).finish
+
+
+def test_subset_scores_are_read_from_a_stage_or_a_full_evaluation():
+    screening = Screening({"t": [1, 3]}, {"t": 5}, 0.9, frozenset({"t"}))
+    full = {"t": {"scores": [0.0, 1.0, 0.0, 0.5, 1.0]}}
+    stage = {"t": {"scores": [0.5, 1.0], "indices": [3, 1]}}
+    assert screening.on_subset(full, ["t"]) == screening.on_subset(stage, ["t"]) == {"t": [1.0, 0.5]}
 
 
 def test_two_stages_merge_into_example_order():
@@ -81,12 +96,18 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, loc
     assert finished_trials(study) == 16 and len(trials) == 16  # the budget counts trials, dropped ones too
     assert all(t.state == TrialState.PRUNED and t.examples_scored == 10 + 10 + 6 for t in dropped)
     assert all(not t.screening["finished"] for t in dropped)
+    by_number = {t.number: t for t in trials}
+    for trial in dropped:  # dominated, at screening, by a trial fully evaluated before it
+        member = by_number[trial.screening["dominated_by"]]
+        assert member.complete and member.number < trial.number and member.values[0] > trial.screening["optimistic"][0]
+    assert all(len(t.subset_scores["pick"]) == 10 for t in trials if t.complete)  # what later candidates pair with
     study, info = load_study(folder)
     records = front_records(study, info, include_all=True)
     shown = {r["trial"]: r for r in records if r["trial"] is not None}
     for trial in dropped:
         assert shown[trial.number]["screened_out"] and not shown[trial.number]["on_front"]
         assert shown[trial.number]["scores"] == trial.screening["scores"]
+        assert shown[trial.number]["dominated_by"] == trial.screening["dominated_by"]
         with pytest.raises(RecyclerError, match=f"trial {trial.number} did not complete \\(pruned\\)"):
             export_trial(folder, trial.number, tmp_path / "export")
     assert all(r["trial"] not in {t.number for t in dropped} for r in front_records(study, info))
