@@ -73,29 +73,36 @@ class TaskExamples:
 
 @dataclass(frozen=True)
 class SuiteScores:
-    """A score per task, each example's result, and where the time went."""
+    """A score per task, each example's result, where the time went, and the tokens run."""
 
     scores: dict[str, float]
     examples: dict[str, TaskExamples]
     forward_seconds: float
     total_seconds: float
+    forward_tokens: int
 
 
-class _ForwardTimer:
-    """Wall time spent inside the model's forward passes, via module hooks."""
+class _ForwardMeter:
+    """Wall time spent inside the model's forward passes, and the token positions they ran (padding
+    included: it is computed too), via module hooks."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.seconds = 0.0
+        self.tokens = 0
         self._started = 0.0
         self._cuda = next(model.parameters()).is_cuda
-        model.register_forward_pre_hook(self._start)
+        model.register_forward_pre_hook(self._start, with_kwargs=True)
         model.register_forward_hook(self._stop)
 
     def _sync(self) -> None:
         if self._cuda:
             torch.cuda.synchronize()
 
-    def _start(self, *_: Any) -> None:
+    def _start(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # lm-eval passes the token ids positionally; generate() as input_ids, one new token per step
+        ids = args[0] if args else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            self.tokens += ids.numel()
         self._sync()
         self._started = time.perf_counter()
 
@@ -118,7 +125,7 @@ class Scorer:
             batch_size=suite.spec.batch_size,
             device=str(next(model.parameters()).device),
         )
-        self._timer = _ForwardTimer(model)
+        self._meter = _ForwardMeter(model)
         self._requests: dict[str, list[Any]] = defaultdict(list)
         chat = suite.spec.apply_chat_template
         for spec in suite.tasks:
@@ -139,7 +146,7 @@ class Scorer:
         """Run every request (or those of the selected examples) through the model and aggregate
         each task's metric over the examples scored."""
         started = time.perf_counter()
-        forward_before = self._timer.seconds
+        forward_before, tokens_before = self._meter.seconds, self._meter.tokens
         for request_type, every in self._requests.items():
             instances = [i for i in every if examples is None or i.doc_id in examples.get(i.task_name, ())]
             for instance in instances:
@@ -154,8 +161,9 @@ class Scorer:
         return SuiteScores(
             scores={task: score for task, (score, _) in results.items()},
             examples={task: examples for task, (_, examples) in results.items()},
-            forward_seconds=self._timer.seconds - forward_before,
+            forward_seconds=self._meter.seconds - forward_before,
             total_seconds=time.perf_counter() - started,
+            forward_tokens=self._meter.tokens - tokens_before,
         )
 
     def _aggregate(self, spec: SuiteTask, chosen: set[int] | None) -> tuple[float, TaskExamples]:

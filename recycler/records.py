@@ -34,6 +34,7 @@ _ATTEMPT = "attempt"  # 1 for a first try
 _ERROR = "error"  # why the trial failed for good
 _TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
 _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
+_FORWARD_TOKENS = "forward_tokens"  # and the token positions its forward passes ran, all stages
 _SCREENING = "screening"  # a screened trial: its subset scores, whether it was finished, and why not
 _SUBSET_SCORES = "subset_scores"  # a fully evaluated trial of a screening study: its per-example scores on the subset
 _BEATING = "beating"  # its driver has begun beating a heartbeat for it (recycler/coordination.py)
@@ -62,6 +63,7 @@ class StoredTrial:
     retry_of: int | None
     seconds: dict[str, float]  # merge, forward and whole-trial time, by key
     examples_scored: int | None  # None in studies from before costs were recorded
+    forward_tokens: int | None  # None in studies from before tokens were counted
     screening: dict[str, Any] | None  # {"scores", "finished", "dominated_by", "optimistic"} of a screened trial
     subset_scores: dict[str, list[float]] | None  # per objective, on the screening subset (fully evaluated trials)
 
@@ -94,6 +96,7 @@ class StoredTrial:
             retry_of=attrs.get(_RETRY_OF),
             seconds={key: attrs[key] for key in _TIMING if key in attrs},
             examples_scored=attrs.get(_EXAMPLES_SCORED),
+            forward_tokens=attrs.get(_FORWARD_TOKENS),
             screening=attrs.get(_SCREENING),
             subset_scores=attrs.get(_SUBSET_SCORES),
         )
@@ -142,8 +145,10 @@ def record_scores(trial: optuna.Trial, result: dict[str, Any]) -> None:
         trial.set_user_attr(key, result[key])
 
 
-def record_examples_scored(trial: optuna.Trial, count: int) -> None:
-    trial.set_user_attr(_EXAMPLES_SCORED, count)
+def record_cost(trial: optuna.Trial, examples: int, forward_tokens: int) -> None:
+    """What the trial cost, every stage together: examples scored and token positions run."""
+    trial.set_user_attr(_EXAMPLES_SCORED, examples)
+    trial.set_user_attr(_FORWARD_TOKENS, forward_tokens)
 
 
 def record_screening(trial: optuna.Trial, scores: dict[str, float], verdict: Verdict) -> None:

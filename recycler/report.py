@@ -174,7 +174,8 @@ def _examples_section(study_dir: Path, records: list[FrontEntry], shown: list[Fr
 
 
 def _cost_note(study) -> str:
-    """Examples scored in all, and how many screening saved (a dropped trial skipped the rest of its examples)."""
+    """Examples scored in all (and the token positions run, where counted), and how many examples
+    screening saved (a dropped trial skipped the rest of its examples)."""
     trials = [t for t in stored_trials(study) if t.examples_scored is not None]
     if not trials:
         return ""
@@ -183,6 +184,8 @@ def _cost_note(study) -> str:
     dropped = [t for t in trials if t.screened_out]
     saved = sum(full - t.examples_scored for t in dropped)
     note = f"{scored:,} examples scored"
+    if all(t.forward_tokens is not None for t in trials):
+        note += f" ({sum(t.forward_tokens for t in trials):,} forward tokens)"
     if dropped:
         note += f"; {len(dropped)} trials dropped at screening saved {saved:,} ({saved / (scored + saved):.0%})"
     return note + "."

@@ -53,8 +53,8 @@ from recycler.records import (
     queue_baseline,
     queue_side_baseline,
     record_candidate,
+    record_cost,
     record_error,
-    record_examples_scored,
     record_scores,
     record_screening,
     record_screening_subset,
@@ -313,7 +313,7 @@ def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str
     write_results(prepared.folder, trial.number, result["examples"])
     if prepared.screening is not None:  # what later candidates are paired with at screening
         record_subset_scores(trial, prepared.screening.on_subset(result["examples"], prepared.info.objectives))
-    record_examples_scored(trial, sum(len(task["scores"]) for task in result["examples"].values()))
+    record_cost(trial, sum(len(task["scores"]) for task in result["examples"].values()), result["forward_tokens"])
     values = [result["scores"][o] for o in prepared.info.objectives]
     study.tell(trial, values)
     return values
@@ -468,7 +468,7 @@ class _Loop:
         if finish:
             self.finishing.append(replace(job, stage="rest", screened=result))
             return True
-        record_examples_scored(job.trial, prepared.screening.screened_examples)
+        record_cost(job.trial, prepared.screening.screened_examples, result["forward_tokens"])
         study.tell(job.trial, state=TrialState.PRUNED)
         self.progress.trial_finished(None, prepared.screening.screened_examples)
         return False
@@ -478,8 +478,8 @@ class _Loop:
         if "error" in result:
             return result
         examples = merge_stages(job.screened["examples"], result["examples"])
-        seconds = {key: job.screened[key] + result[key] for key in ("merge_seconds", "forward_seconds", "trial_seconds")}
-        return {"scores": self.prepared.full_scores(examples), "examples": examples, **seconds}
+        costs = {key: job.screened[key] + result[key] for key in ("merge_seconds", "forward_seconds", "trial_seconds", "forward_tokens")}
+        return {"scores": self.prepared.full_scores(examples), "examples": examples, **costs}
 
     def _record(self, finished: Finished[_Job]) -> None:
         if finished.job.trial is None:
@@ -499,7 +499,7 @@ class _Loop:
         job, result = finished.job, finished.result
         if finished.died:
             if job.stage == "rest":  # its screening examples were scored; those of the lost stage are unknown
-                record_examples_scored(job.trial, self.prepared.screening.screened_examples)
+                record_cost(job.trial, self.prepared.screening.screened_examples, job.screened["forward_tokens"])
             fail_and_retry(self.prepared.study, job.trial, result["error"], self.spec.search.max_retries)
             self.progress.trial_finished(None)
             return False

@@ -35,8 +35,9 @@ class MergeWorker:
 
     def evaluate(self, recipe: dict[str, Any], examples: dict[str, list[int]] | None = None) -> dict[str, Any]:
         """Scores of the merge (a recipe's JSON) by task, each example's result by task (the metric's
-        value, and the filtered answer of a generation task), and the seconds spent merging, in
-        forward passes, and in all. `examples` scores those examples only (a screening stage)."""
+        value, and the filtered answer of a generation task), the seconds spent merging, in forward
+        passes, and in all, and the tokens the forward passes ran. `examples` scores those examples
+        only (a screening stage)."""
         started = time.perf_counter()
         self.merger.apply(recipe_from_json(recipe))
         if self.merger.device.type == "cuda":
@@ -52,6 +53,7 @@ class MergeWorker:
             "merge_seconds": merged - started,
             "forward_seconds": result.forward_seconds,
             "trial_seconds": time.perf_counter() - started,
+            "forward_tokens": result.forward_tokens,
         }
 
     def ready(self) -> bool:

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,3 +79,22 @@ def test_each_request_is_tokenized_once_per_scorer(tmp_path):
     assert remembered, "HFLM no longer tokenizes loglikelihood requests through _encode_pair"
     assert scorer.score().scores == first.scores
     assert scorer.lm._pairs == remembered  # the second pass tokenized nothing new
+
+
+def test_forward_tokens_count_the_positions_the_model_ran(tmp_path):
+    """At batch size 1 nothing is padded: a loglikelihood request runs its prompt and answer but the
+    last token (which only the previous position predicts), and identical requests run once."""
+    model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
+    suite = write_suite(tmp_path, batch_size=1, held_in=[{"task": "sums", "metric": "acc"}], held_out=[])
+    scorer = Scorer(load_suite(str(suite)), model, tokenizer)
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "data" / "sums.jsonl").read_text().splitlines()]
+
+    def positions(chosen):
+        requests = {(row["prompt"], row["answer"]) for row in chosen}
+        return sum(len(tokenizer(prompt + answer + "\n").input_ids) - 1 for prompt, answer in requests)
+
+    assert scorer.score().forward_tokens == positions(rows)
+    assert scorer.score({"sums": [0, 5]}).forward_tokens == positions([rows[0], rows[5]])
+    batched = Scorer(load_suite(str(write_suite(tmp_path, batch_size=16, held_in=[{"task": "sums", "metric": "acc"}],
+                                                held_out=[]))), model, tokenizer)
+    assert batched.score().forward_tokens >= positions(rows)  # padded to each batch's longest

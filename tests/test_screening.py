@@ -81,8 +81,10 @@ def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, loca
         assert {k: trial.scores[k] for k in ("sums", "pick")} == {k: full[k] for k in ("sums", "pick")}
         assert trial.scores["carry"] == pytest.approx(full["carry"], rel=1e-6)  # perplexity: float sums in other batches
         assert trial.examples_scored == 40 + 40 + 25  # every example once, none twice
+        assert trial.forward_tokens > 0
     baselines = [t for t in trials if t.baseline is not None]
     assert baselines and all(t.screening is None and t.examples_scored == 105 for t in baselines)
+    assert baselines[0].forward_tokens == worker.evaluate(baselines[0].recipe)["forward_tokens"]
 
 
 def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, local_ray, search_spec):
@@ -95,6 +97,8 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, loc
     assert dropped, "a tiny random pool screened at 55% confidence drops some candidates"
     assert finished_trials(study) == 16 and len(trials) == 16  # the budget counts trials, dropped ones too
     assert all(t.state == TrialState.PRUNED and t.examples_scored == 10 + 10 + 6 for t in dropped)
+    fewest_in_full = min(t.forward_tokens for t in trials if t.complete)
+    assert all(0 < t.forward_tokens < fewest_in_full for t in dropped)  # a quarter of the examples
     assert all(not t.screening["finished"] for t in dropped)
     by_number = {t.number: t for t in trials}
     for trial in dropped:  # dominated, at screening, by a trial fully evaluated before it
