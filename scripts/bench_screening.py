@@ -22,6 +22,8 @@ On the demo pool, per seed (default sampler, 2 Ray workers, the same suite):
    objectives, as if the search had optimized only those: both rules' wrong drops over many fronts.
 `--objectives` optimizes some of the suite's held-in tasks only (every task is still scored);
 with `--examples-per-task N` the demo's tasks get N examples each and only the objectives are scored.
+`--ignore-drops` runs the screening studies with TPE that never sees the dropped candidates, against
+the feature's choice of telling them to TPE as pruned.
 Studies are kept under --root and reused when run again (a finished study is only re-read).
 Usage:
     python scripts/bench_screening.py --pool recycler-demo/pool/pool.yaml --seeds 0 1 2 --settings 0.2:0.9
@@ -68,6 +70,39 @@ def scaled_demo_suite(root: Path, examples: int, held_in: list[str]):
                      held_in=[SuiteTask(task=task) for task in held_in])
 
 
+class _StudyWithoutDrops:
+    """A study as a sampler reads it, without its pruned trials (the ones screening dropped)."""
+
+    def __init__(self, study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        from optuna.trial import TrialState
+
+        kept = tuple(s for s in (states or tuple(TrialState)) if s != TrialState.PRUNED)
+        return self._study._get_trials(deepcopy=deepcopy, states=kept, use_cache=use_cache)
+
+
+def register_tpe_ignoring_drops() -> str:
+    """The alternative to telling TPE a dropped candidate is pruned (worse than every completed trial):
+    TPE that never sees it, as if it had failed. Registered under optuna.samplers so a spec can name
+    it; benchmark only (it reaches into the study TPE reads, through Optuna's private `_get_trials`)."""
+    import optuna
+
+    class TPESamplerIgnoringDrops(optuna.samplers.TPESampler):
+        def sample_relative(self, study, trial, search_space):
+            return super().sample_relative(_StudyWithoutDrops(study), trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return super().sample_independent(_StudyWithoutDrops(study), trial, param_name, param_distribution)
+
+    optuna.samplers.TPESamplerIgnoringDrops = TPESamplerIgnoringDrops
+    return "TPESamplerIgnoringDrops"
+
+
 def examples_reached(folder: Path, limit: int):
     """A should_stop for run_search: true once the study in the folder has scored `limit` examples."""
     watcher: dict = {}
@@ -83,10 +118,10 @@ def examples_reached(folder: Path, limit: int):
 
 
 def run_study(spec, folder: Path, trials: int, seed: int, workers: int, fidelity: Fidelity | None,
-              stop_at_examples: int | None = None) -> float:
+              stop_at_examples: int | None = None, sampler: str = "default") -> float:
     """Run (or re-read) one study; with stop_at_examples, stop asking once that many examples were scored."""
     run_spec = spec.model_copy(update={
-        "search": spec.search.model_copy(update={"trials": trials, "seed": seed, "fidelity": fidelity}),
+        "search": spec.search.model_copy(update={"trials": trials, "seed": seed, "fidelity": fidelity, "sampler": sampler}),
         "resources": spec.resources.model_copy(update={"workers": workers}),
     })
     should_stop = None if stop_at_examples is None else examples_reached(folder, stop_at_examples)
@@ -347,6 +382,8 @@ def main() -> None:
                         help="confidences of the offline replay of the screening rule on the full studies (part 4)")
     parser.add_argument("--projections", type=int, nargs="*", default=[],
                         help="replay the rules on every pair (2), triple (3), ... of the full studies' objectives (part 5)")
+    parser.add_argument("--ignore-drops", action="store_true",
+                        help="screening studies use TPE that never sees dropped candidates (instead of seeing them pruned)")
     parser.add_argument("--skip-rescore", action="store_true", help="leave out part 2 (and the surrogate's use of it)")
     parser.add_argument("--out", type=Path, default=DATA / "screening.json")
     args = parser.parse_args()
@@ -365,10 +402,12 @@ def main() -> None:
     elif args.objectives:
         spec = spec.model_copy(update={"objectives": args.objectives})
     settings = [tuple(float(v) for v in s.split(":")) for s in args.settings]
+    sampler, suffix = (register_tpe_ignoring_drops(), "-ignoring-drops") if args.ignore_drops else ("default", "")
     started_all = time.perf_counter()
     results: dict = {"command": "python scripts/bench_screening.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "skip_rescore") and v is not None),
+        for k, v in vars(args).items() if k not in ("out", "skip_rescore", "ignore_drops") and v is not None)
+        + (" --ignore-drops" if args.ignore_drops else ""),
         "seeds": {}}
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -380,7 +419,7 @@ def main() -> None:
             print(f"seed {seed} full: {full['trials']} trials, {full['examples'][-1]} examples, "
                   f"hv {full['hypervolume'][-1]:.4g} ({seconds:.0f}s)", flush=True)
         for fraction, confidence in settings:  # every seed of a setting before the next setting
-            name = f"screen-{fraction:g}-{confidence:g}"
+            name = f"screen-{fraction:g}-{confidence:g}{suffix}"
             for seed in args.seeds:
                 entry = results["seeds"][str(seed)]
                 full = entry["full"]
@@ -388,7 +427,7 @@ def main() -> None:
                 folder = args.root / f"{name}-s{seed}"
                 fidelity = Fidelity(screen_fraction=fraction, confidence=confidence, seed=seed)
                 seconds = run_study(spec, folder, args.max_trials, seed, args.workers, fidelity,
-                                    stop_at_examples=int(budget * args.budget_factor))
+                                    stop_at_examples=int(budget * args.budget_factor), sampler=sampler)
                 c = curve(folder)
                 h100 = full["hypervolume"][-1]
                 reach = examples_to_reach(c, h100)
@@ -412,7 +451,7 @@ def main() -> None:
         worker, cache = MergeWorker(spec), {}
         for seed in args.seeds:
             for fraction, confidence in settings:
-                name = f"screen-{fraction:g}-{confidence:g}"
+                name = f"screen-{fraction:g}-{confidence:g}{suffix}"
                 folder = args.root / f"{name}-s{seed}"
                 started = time.perf_counter()
                 drops = wrong_drops(spec, folder, worker, cache)
@@ -450,7 +489,7 @@ def main() -> None:
 
     summary = {}
     for fraction, confidence in settings:
-        name = f"screen-{fraction:g}-{confidence:g}"
+        name = f"screen-{fraction:g}-{confidence:g}{suffix}"
         runs = [results["seeds"][str(s)][name] for s in args.seeds]
         reach = [r["examples_ratio_to_reach"] for r in runs]
         summary[name] = {
