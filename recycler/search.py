@@ -464,8 +464,7 @@ class _Loop:
         verdict = screening.verdict(screening.on_subset(result["examples"], info.objectives), front, info.objectives,
                                     info.directions)
         record_screening(job.trial, result["scores"], verdict)
-        finish = verdict.finish
-        if finish:
+        if verdict.finish:
             self.finishing.append(replace(job, stage="rest", screened=result))
             return True
         record_cost(job.trial, prepared.screening.screened_examples, result["forward_tokens"])
@@ -478,7 +477,8 @@ class _Loop:
         if "error" in result:
             return result
         examples = merge_stages(job.screened["examples"], result["examples"])
-        costs = {key: job.screened[key] + result[key] for key in ("merge_seconds", "forward_seconds", "trial_seconds", "forward_tokens")}
+        costs = {key: job.screened[key] + result[key]
+                 for key in ("merge_seconds", "forward_seconds", "trial_seconds", "forward_tokens")}
         return {"scores": self.prepared.full_scores(examples), "examples": examples, **costs}
 
     def _record(self, finished: Finished[_Job]) -> None:

@@ -117,7 +117,8 @@ def _name_taken(service: Service, name: str) -> bool:
 
     from recycler.coordination import database_storage
 
-    return name in optuna.get_all_study_names(database_storage(service.storage, None)) or any(row.name == name for row in service.store.studies())
+    in_database = optuna.get_all_study_names(database_storage(service.storage, None))
+    return name in in_database or any(row.name == name for row in service.store.studies())
 
 
 @router.get("/studies", response_model=list[StudySummary])
