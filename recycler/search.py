@@ -40,6 +40,7 @@ from recycler.coordination import (
     requeue_lost,
     shares_storage,
 )
+from recycler.engine import engine_class
 from recycler.errors import RecyclerError, one_line
 from recycler.examples import prompts_kept, write_prompts, write_results
 from recycler.front import FrontTracker, reference_point
@@ -135,6 +136,7 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     make_sampler(spec.search.sampler, spec.search.seed)
     if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
         keep_resident(pool, worker_device(spec), spec.resources.memory_budget)
+    engine_class(spec.resources.engine).check(pool, spec.resources, worker_device(spec))
     pool.check_finite()
     candidate = StudyInfo(
         name=spec.name,

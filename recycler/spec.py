@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from recycler.config import Name, StrictModel, first_error, resolve_path
+from recycler.engine import DEFAULT_ENGINE, engine_names
 from recycler.errors import RecyclerError
 from recycler.references import is_file_reference
 from recycler.suite import SuiteSpec
@@ -68,7 +69,15 @@ class Resources(StrictModel):
     spend on the pool."""
 
     workers: int = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    gpus_per_worker: float = Field(
+        default=0.0, ge=0.0,
+        description="GPUs each worker holds; with engine vllm, k >= 2 GPUs are one engine's tensor parallelism",
+    )
+    engine: str = Field(default=DEFAULT_ENGINE, description="what scores candidates: 'hf' (transformers) or 'vllm'")
+    kv_cache_per_worker: int = Field(
+        default=1 << 30,
+        description="bytes ('1GiB') of the worker's memory budget given to the engine's KV cache (engine vllm)",
+    )
     memory_per_worker: Literal["auto"] | int = Field(
         default="auto",
         description="bytes ('24GB', '512MiB') a worker may hold for the model, scratch and, when they fit, the "
@@ -86,15 +95,24 @@ class Resources(StrictModel):
         "lost one) before the search ends with what the cluster lacks",
     )
 
-    @field_validator("memory_per_worker", mode="before")
+    @field_validator("engine")
     @classmethod
-    def _size(cls, value: Any) -> Any:
-        if value == "auto":
+    def _known_engine(cls, value: str) -> str:
+        if value not in engine_names():
+            raise ValueError(f"'{value}' is not an engine (engines: {', '.join(engine_names())})")
+        return value
+
+    @field_validator("memory_per_worker", "kv_cache_per_worker", mode="before")
+    @classmethod
+    def _size(cls, value: Any, info: ValidationInfo) -> Any:
+        may_be_auto = info.field_name == "memory_per_worker"
+        if value == "auto" and may_be_auto:
             return value
         try:
             size = TypeAdapter(ByteSize).validate_python(value)
         except ValidationError:
-            raise ValueError(f"{value!r} is neither 'auto' nor a size such as '24GB' or '512MiB'") from None
+            expected = "neither 'auto' nor a size" if may_be_auto else "not a size"
+            raise ValueError(f"{value!r} is {expected} such as '24GB' or '512MiB'") from None
         if size <= 0:
             raise ValueError(f"{value!r} is not a positive size")
         return int(size)

@@ -40,18 +40,19 @@ def check_files(folder: Path) -> int:
 
 
 def rescore(folder: Path, tolerance: float) -> dict[str, tuple[float, float]]:
-    """Load the export as any user would and score it on the suite it was scored on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Load the export as any user would, with the engine its study scored with, and score it on
+    the suite it was scored on."""
+    from recycler.engine import DEFAULT_ENGINE, engine_class
     from recycler.evaluate import Scorer
+    from recycler.spec import Resources
 
     facts = json.loads((folder / FACTS_FILE).read_text())
     if not facts.get("scores") or facts.get("suite") is None:
         raise RecyclerError(f"{folder}: the export records no scores to check against")
     suite_ref = facts["suite"]
     suite = load_suite(SuiteSpec.model_validate(suite_ref) if isinstance(suite_ref, dict) else suite_ref)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto").eval()
-    measured = Scorer(suite, model, AutoTokenizer.from_pretrained(str(folder))).score().scores
+    resources = Resources(engine=facts.get("engine", DEFAULT_ENGINE))
+    measured = Scorer(suite, engine_class(resources.engine).for_checkpoint(folder, suite, resources)).score().scores
     result = {}
     for task, recorded in facts["scores"].items():
         if task not in measured:

@@ -1,7 +1,7 @@
-"""The worker: one resident model, the pool where its memory budget puts it, one suite's requests,
-kept for a whole search.
+"""The worker: one evaluation engine holding one model, the pool where its memory budget puts it,
+and one suite's requests, kept for a whole search.
 
-Run as a Ray actor by the search; a plain object in tests and in `recycler verify`-style checks.
+Run as a Ray actor by the search; a plain object in tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from recycler.engine import engine_class
 from recycler.evaluate import Scorer
-from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import recipe_from_json
 from recycler.spec import PoolSpec
@@ -20,18 +20,15 @@ from recycler.suite import load_suite
 
 
 class MergeWorker:
-    """Materializes a candidate in place and scores it; nothing is reloaded between candidates."""
+    """Loads a candidate into its engine in place and scores it; nothing is reloaded between candidates."""
 
     def __init__(self, spec: PoolSpec, device: str = "cpu", threads: int | None = None) -> None:
-        from transformers import AutoTokenizer
-
         if threads:
             torch.set_num_threads(threads)
-        pool = load_pool(spec)
-        self.merger = Merger(pool, device=device, budget=spec.resources.memory_budget,
-                             workers_sharing=spec.resources.workers)
-        tokenizer = AutoTokenizer.from_pretrained(str(pool.reference.path))
-        self.scorer = Scorer(load_suite(spec.suite), self.merger.model, tokenizer)
+        suite = load_suite(spec.suite)
+        self.engine = engine_class(spec.resources.engine).for_pool(load_pool(spec), suite, spec.resources,
+                                                                   torch.device(device))
+        self.scorer = Scorer(suite, self.engine)
 
     def evaluate(self, recipe: dict[str, Any], examples: dict[str, list[int]] | None = None) -> dict[str, Any]:
         """Scores of the merge (a recipe's JSON) by task, each example's result by task (the metric's
@@ -39,11 +36,8 @@ class MergeWorker:
         passes, and in all, and the tokens the forward passes ran. `examples` scores those examples
         only (a screening stage)."""
         started = time.perf_counter()
-        self.merger.apply(recipe_from_json(recipe))
-        if self.merger.device.type == "cuda":
-            torch.cuda.synchronize()
+        bad_tensor = self.engine.load(recipe_from_json(recipe))
         merged = time.perf_counter()
-        bad_tensor = self.merger.nonfinite_tensor()
         if bad_tensor is not None:
             return {"error": f"the merge has NaN or inf in tensor '{bad_tensor}'"}
         result = self.scorer.score(examples)

@@ -23,6 +23,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.cli import quiet_libraries
+from recycler.engines.hf import HFEngine
 from recycler.evaluate import Scorer
 from recycler.suite import SUITES_DIR, parse_suite
 
@@ -56,6 +57,10 @@ def generation_suite(folder: Path, batch_size: int):
                         "held_in": tasks}, folder, "generation suite")
 
 
+def _scorer(suite, model, tokenizer) -> Scorer:
+    return Scorer(suite, HFEngine(model, tokenizer, suite))
+
+
 def timed(scorer: Scorer, passes: int = 3):
     scorer.score()  # warm-up: the first pass also tokenizes
     times, result = [], None
@@ -77,8 +82,8 @@ def main() -> None:
         for name in CHECKPOINTS:
             path = Path(args.pool) / "checkpoints" / name
             model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-            batched_s, batched = timed(Scorer(generation_suite(Path(folder), 64), model, tokenizer))
-            single_s, single = timed(Scorer(generation_suite(Path(folder), 1), model, tokenizer))
+            batched_s, batched = timed(_scorer(generation_suite(Path(folder), 64), model, tokenizer))
+            single_s, single = timed(_scorer(generation_suite(Path(folder), 1), model, tokenizer))
             same = batched.scores == single.scores and batched.examples == single.examples
             answers = sum(len(e.answers) for e in batched.examples.values())
             rows.append({"checkpoint": name, "batched_seconds": batched_s, "batch_one_seconds": single_s,

@@ -105,3 +105,11 @@ def write_suite(folder: Path, **overrides) -> Path:
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
 
+
+
+def hf_scorer(suite, model, tokenizer):
+    """A scorer of a suite over one transformers model, through the `hf` engine."""
+    from recycler.engines.hf import HFEngine
+    from recycler.evaluate import Scorer
+
+    return Scorer(suite, HFEngine(model, tokenizer, suite))

@@ -4,13 +4,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recycler.demo.tiny import write_checkpoint, write_pool
-from recycler.evaluate import Scorer
 from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 from recycler.suite import load_suite
-from tests.suites import write_suite, write_tasks
+from tests.suites import hf_scorer, write_suite, write_tasks
 
 
 def load(folder):
@@ -25,7 +24,7 @@ def test_scores_equal_lm_eval_simple_evaluate_from_disk(tmp_path, arch):
     checkpoint = write_checkpoint(tmp_path / "ckpt", arch=arch, seed=7)
     write_tasks(tmp_path / "abs_tasks", absolute=True)
     suite = load_suite(str(write_suite(tmp_path, task_dir="abs_tasks")))
-    ours = Scorer(suite, *load(checkpoint)).score()
+    ours = hf_scorer(suite, *load(checkpoint)).score()
 
     theirs = simple_evaluate(
         model="hf",
@@ -48,22 +47,22 @@ def test_scores_equal_lm_eval_simple_evaluate_from_disk(tmp_path, arch):
 
 def test_batched_scores_equal_batch_one(tmp_path):
     model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
-    batched = Scorer(load_suite(str(write_suite(tmp_path, batch_size=64))), model, tokenizer).score()
-    single = Scorer(load_suite(str(write_suite(tmp_path, batch_size=1))), model, tokenizer).score()
+    batched = hf_scorer(load_suite(str(write_suite(tmp_path, batch_size=64))), model, tokenizer).score()
+    single = hf_scorer(load_suite(str(write_suite(tmp_path, batch_size=1))), model, tokenizer).score()
     assert batched.scores == pytest.approx(single.scores, rel=1e-5)
 
 
 def test_rescoring_after_an_in_place_merge_sees_the_new_weights(tmp_path):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 2)))
     merger = Merger(pool)
-    scorer = Scorer(load_suite(str(write_suite(tmp_path))), merger.model, load(pool.reference.path)[1])
+    scorer = hf_scorer(load_suite(str(write_suite(tmp_path))), merger.model, load(pool.reference.path)[1])
     first = scorer.score()
     again = scorer.score()
     assert again.scores == first.scores
     merger.apply(LinearRecipe({"c1": 1.0}))
     other = scorer.score()
     model, tokenizer = load(pool.checkpoints[1].path)
-    fresh = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer).score()
+    fresh = hf_scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer).score()
     assert other.scores == pytest.approx(fresh.scores, rel=1e-6)
     assert other.scores != first.scores
 
@@ -73,7 +72,7 @@ def test_each_request_is_tokenized_once_per_scorer(tmp_path):
     """The scorer overrides HFLM's private `_encode_pair` to remember tokenizations: if lm-eval
     renames it or stops calling it, this fails instead of the scorer silently slowing down."""
     model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
-    scorer = Scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer)
+    scorer = hf_scorer(load_suite(str(write_suite(tmp_path))), model, tokenizer)
     first = scorer.score()
     remembered = dict(scorer.lm._pairs)
     assert remembered, "HFLM no longer tokenizes loglikelihood requests through _encode_pair"
@@ -86,7 +85,7 @@ def test_forward_tokens_count_the_positions_the_model_ran(tmp_path):
     last token (which only the previous position predicts), and identical requests run once."""
     model, tokenizer = load(write_checkpoint(tmp_path / "ckpt", seed=3))
     suite = write_suite(tmp_path, batch_size=1, held_in=[{"task": "sums", "metric": "acc"}], held_out=[])
-    scorer = Scorer(load_suite(str(suite)), model, tokenizer)
+    scorer = hf_scorer(load_suite(str(suite)), model, tokenizer)
     rows = [json.loads(line) for line in (tmp_path / "tasks" / "data" / "sums.jsonl").read_text().splitlines()]
 
     def positions(chosen):
@@ -95,6 +94,6 @@ def test_forward_tokens_count_the_positions_the_model_ran(tmp_path):
 
     assert scorer.score().forward_tokens == positions(rows)
     assert scorer.score({"sums": [0, 5]}).forward_tokens == positions([rows[0], rows[5]])
-    batched = Scorer(load_suite(str(write_suite(tmp_path, batch_size=16, held_in=[{"task": "sums", "metric": "acc"}],
+    batched = hf_scorer(load_suite(str(write_suite(tmp_path, batch_size=16, held_in=[{"task": "sums", "metric": "acc"}],
                                                 held_out=[]))), model, tokenizer)
     assert batched.score().forward_tokens >= positions(rows)  # padded to each batch's longest

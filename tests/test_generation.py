@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 
 from recycler.demo.tokenizer import build_char_tokenizer
 from recycler.errors import RecyclerError
-from recycler.evaluate import Scorer
 from recycler.suite import parse_suite
+from tests.suites import hf_scorer
 
 CHARS = string.ascii_letters + string.digits + " +=-:#<>|/.,?\n"
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -130,8 +130,8 @@ def test_generation_batched_equals_batch_one_and_lm_eval(tmp_path, arch):
     checkpoint = write_model(tmp_path / "ckpt", arch)
     tasks = write_generation_tasks(tmp_path / "tasks")
     model, tokenizer = load(checkpoint)
-    batched = Scorer(suite(tasks, 16), model, tokenizer).score()
-    single = Scorer(suite(tasks, 1), model, tokenizer).score()
+    batched = hf_scorer(suite(tasks, 16), model, tokenizer).score()
+    single = hf_scorer(suite(tasks, 1), model, tokenizer).score()
     assert batched.scores == single.scores and batched.examples == single.examples
 
     results, samples = lm_eval_samples(checkpoint, tasks, ["digits", "digits3"])
@@ -151,7 +151,7 @@ def test_few_shot_and_chat_template_prompts_equal_lm_eval(tmp_path, arch):
     checkpoint = write_model(tmp_path / "ckpt", arch, chat_template=CHAT_TEMPLATE)
     tasks = write_generation_tasks(tmp_path / "tasks", examples=20)
     settings = dict(apply_chat_template=True, fewshot_as_multiturn=True, system_instruction="Answer with one digit.")
-    scorer = Scorer(suite(tasks, 8, task_settings={"num_fewshot": 2}, **settings), *load(checkpoint))
+    scorer = hf_scorer(suite(tasks, 8, task_settings={"num_fewshot": 2}, **settings), *load(checkpoint))
     ours = scorer.score()
 
     results, samples = lm_eval_samples(checkpoint, tasks, ["digits"], num_fewshot=2, **settings)
@@ -164,7 +164,7 @@ def test_few_shot_and_chat_template_prompts_equal_lm_eval(tmp_path, arch):
 def test_few_shot_without_chat_template_equals_lm_eval(tmp_path):
     checkpoint = write_model(tmp_path / "ckpt", "llama")
     tasks = write_generation_tasks(tmp_path / "tasks", examples=20)
-    scorer = Scorer(suite(tasks, 8, task_settings={"num_fewshot": 3}), *load(checkpoint))
+    scorer = hf_scorer(suite(tasks, 8, task_settings={"num_fewshot": 3}), *load(checkpoint))
     ours = scorer.score()
     results, samples = lm_eval_samples(checkpoint, tasks, ["digits"], num_fewshot=3)
     assert our_prompts(scorer, "digits") == their_prompts(samples, "digits")
@@ -206,7 +206,7 @@ def test_shipped_lm_eval_task_over_local_data_equals_its_include(tmp_path):
     ours = parse_suite({"name": "math", "batch_size": 4, "held_in": [
         {"task": "gsm8k", "metric": "exact_match,flexible-extract", "num_fewshot": 1,
          "data_files": {"train": "data/train.jsonl", "test": "data/test.jsonl"}}]}, tmp_path, "test suite")
-    score = Scorer(ours, *load(checkpoint)).score().scores["gsm8k"]
+    score = hf_scorer(ours, *load(checkpoint)).score().scores["gsm8k"]
     assert score == results["gsm8k_local"]["exact_match,flexible-extract"]
     assert score > 0
 
@@ -224,7 +224,7 @@ def test_bad_generation_suites_are_one_line_errors(tmp_path):
 
     chat = suite(tasks, 4, apply_chat_template=True)
     with pytest.raises(RecyclerError, match="apply_chat_template is set, but the tokenizer of .* has no chat template"):
-        Scorer(chat, *load(checkpoint))
+        hf_scorer(chat, *load(checkpoint))
     with pytest.raises(RecyclerError, match="fewshot_as_multiturn: needs apply_chat_template"):
         suite(tasks, 4, fewshot_as_multiturn=True)
     shipped = {"name": "x", "held_in": [{"task": "gsm8k", "metric": "exact_match,strict-match", "data_files": "data.csv.gz"}]}

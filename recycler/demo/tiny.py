@@ -17,17 +17,18 @@ from recycler.demo.tokenizer import build_char_tokenizer
 CHARS = "0123456789+=-abcdefghij \n"
 
 
-def tiny_config(arch: str, vocab_size: int, eos_id: int, width: int = 16, layers: int = 2):
-    special = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": 0}
+def tiny_config(arch: str, vocab_size: int, eos_id: int, width: int = 16, layers: int = 2,
+                initializer_range: float = 0.02, positions: int = 32):
+    special = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": 0, "initializer_range": initializer_range}
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=32, n_embd=width, n_layer=layers, n_head=2, tie_word_embeddings=True,
+            vocab_size=vocab_size, n_positions=positions, n_embd=width, n_layer=layers, n_head=2, tie_word_embeddings=True,
             **special,
         )
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=positions, tie_word_embeddings=False,
             **special,
         )
     raise ValueError(arch)
@@ -43,11 +44,15 @@ def write_checkpoint(
     chars: str = CHARS,
     width: int = 16,
     layers: int = 2,
+    initializer_range: float = 0.02,
+    positions: int = 32,
 ) -> Path:
-    """A randomly initialized tiny causal LM with a character tokenizer, saved as safetensors."""
+    """A randomly initialized tiny causal LM with a character tokenizer, saved as safetensors (a
+    wider `initializer_range` gives a less uniform model: varied greedy answers)."""
     torch.manual_seed(seed)
     tokenizer = build_char_tokenizer(chars)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, width, layers))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, width, layers,
+                                                                 initializer_range, positions))
     model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
