@@ -28,6 +28,10 @@ from recycler.spec import Resources
 from recycler.suite import Suite
 
 SEED = 1234  # lm-eval's default seed for its vLLM model; greedy decoding does not use it
+# lm-eval hands its vLLM model's requests to the engine `batch_size` at a time; here every request of
+# a trial goes at once (vLLM batches them itself, continuously, up to its `max_num_seqs`): on the demo
+# generation suite that took a trial from 1.3 s to 0.85 s.
+ALL_AT_ONCE = 1 << 30
 
 
 @functools.cache
@@ -140,8 +144,7 @@ class VLLMEngine(EvaluationEngine):
     def __init__(self, folder: Path, suite: Suite, resources: Resources, dtype: torch.dtype,
                  device: torch.device, merger: PoolMerger | None = None) -> None:
         arguments = engine_arguments(dtype, resources, device)
-        lm = _lm_class()(pretrained=str(folder), add_bos_token=False, batch_size=suite.spec.batch_size,
-                                  **arguments)
+        lm = _lm_class()(pretrained=str(folder), add_bos_token=False, batch_size=ALL_AT_ONCE, **arguments)
         count = ForwardCount()
         self._llm = lm.model
         lm.model = _MeteredLLM(self._llm, count)
