@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import optuna
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 import recycler.search_spaces
@@ -29,6 +28,7 @@ from recycler.recipes import (
     TaskVectorRecipe,
 )
 from recycler.references import reference_file
+from recycler.yaml_files import load_yaml_file
 
 SPACES_DIR = Path(recycler.search_spaces.__file__).parent
 
@@ -276,10 +276,9 @@ def load_space(ref: str, checkpoints: list[str], layers: int = 0) -> SearchSpace
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
         raise RecyclerError(f"search space '{ref}': no file {path} (spaces: {known})")
     try:
-        space = SpaceFile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as error:
-        detail = first_error(error) if isinstance(error, ValidationError) else "not valid YAML"
-        raise RecyclerError(f"{path}: {detail}") from None
+        space = SpaceFile.model_validate(load_yaml_file(path, str(path)))
+    except ValidationError as error:
+        raise RecyclerError(f"{path}: {first_error(error)}") from None
     if space.rule not in _RULES:
         raise RecyclerError(f"{path}: rule: unknown rule '{space.rule}' (rules: {', '.join(sorted(_RULES))})")
     cls = _RULES[space.rule]

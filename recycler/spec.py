@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     ByteSize,
     Field,
@@ -25,6 +24,7 @@ from recycler.engine import DEFAULT_ENGINE, engine_names
 from recycler.errors import RecyclerError
 from recycler.references import is_file_reference
 from recycler.suite import SuiteSpec
+from recycler.yaml_files import load_yaml_file
 
 
 class CheckpointRef(StrictModel):
@@ -176,10 +176,4 @@ def load_spec(path: str | Path) -> PoolSpec:
     path = Path(path)
     if not path.is_file():
         raise RecyclerError(f"{path}: pool spec not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecyclerError(f"{path}: not valid YAML{where}") from None
-    return parse_spec(data, path.resolve().parent, str(path))
+    return parse_spec(load_yaml_file(path, str(path)), path.resolve().parent, str(path))

@@ -25,6 +25,7 @@ from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError, one_line
 from recycler.library_seams import load_task_yaml, sandbox_task_templates
 from recycler.references import reference_file
+from recycler.yaml_files import load_yaml_file
 
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
 
@@ -134,8 +135,13 @@ def _shipped_task_over(name: str, data_files: DataFiles, where: str) -> dict[str
 
 
 def task_yaml_files(task_dir: Path) -> list[Path]:
-    """The YAML files of a task folder that a suite reads, every one (the service checks the same)."""
-    return sorted(task_dir.rglob("*.yaml"))
+    """The YAML files of a task folder that a suite reads, every one (the service checks the same);
+    one that is not a regular file (a FIFO would block its reader forever) is refused."""
+    files = sorted(task_dir.rglob("*.yaml"))
+    for file in files:
+        if file.exists() and not file.is_file():
+            raise RecyclerError(f"{file}: a task YAML that is not a regular file")
+    return files
 
 
 def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
@@ -294,8 +300,4 @@ def load_suite(ref: str | SuiteSpec) -> Suite:
     if not path.is_file():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise RecyclerError(f"suite '{ref}': no file {path} (suites in eval_suites/: {', '.join(known) or 'none'})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise RecyclerError(f"{path}: not valid YAML") from None
-    return parse_suite(data, path.resolve().parent, str(path))
+    return parse_suite(load_yaml_file(path, str(path)), path.resolve().parent, str(path))

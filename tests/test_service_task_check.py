@@ -159,3 +159,60 @@ def test_trusted_roots_lie_under_allowed_roots(tmp_path):
 
     with pytest.raises(RecyclerError, match=r"^--trust-task-code .*: not under an allowed root"):
         api(tmp_path, trust_task_code=[tmp_path / "elsewhere"])
+
+
+HIDDEN_CODE = {
+    "!function as a mapping key": ("metadata: {!function evil.process : 1}\n", 403, "line 14 loads Python (!function evil.process)"),
+    "!function in a !!set": ("metadata: !!set {? !function evil.process}\n", 422, "tag:yaml.org,2002:set is not allowed in a task YAML"),
+    "!function in !!omap": ("metadata: !!omap [{a: !function evil.process}]\n", 422, "tag:yaml.org,2002:omap is not allowed"),
+    "!function in !!pairs": ("metadata: !!pairs [{a: !function evil.process}]\n", 422, "tag:yaml.org,2002:pairs is not allowed"),
+    "a Python object tag": ("metadata: !!python/object/apply:os.system ['touch marker']\n", 422, "not a valid lm-eval task YAML"),
+}
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9))
+
+
+def test_code_hidden_where_a_walk_of_values_does_not_look_is_refused(tmp_path, setup):
+    """lm-eval's loader imports every `!function` while parsing, wherever it stands: as a key,
+    inside YAML's other collections, in an included file's `task_list`."""
+    spec, tasks, _ = setup
+    with api(tmp_path) as client:
+        for label, (extra, status, message) in HIDDEN_CODE.items():
+            with_sums(tasks, extra)
+            response = submit(client, tmp_path, spec)
+            assert response.status_code == status, (label, response.text)
+            assert message in response.json()["detail"] and "\n" not in response.json()["detail"], (label, response.text)
+        (tasks.parent / "shared").mkdir()
+        (tasks.parent / "shared" / "group.yaml").write_text(
+            "group: g\ntask_list:\n  - task: hidden\n    process_docs: !function evil.process\n")
+        with_sums(tasks, "include: ../shared/group.yaml\n")
+        detail = submit(client, tmp_path, spec).json()["detail"]
+        assert detail.startswith("suite.task_dir: task 'sums' (sums.yaml), included ../shared/group.yaml: line 4 loads Python")
+        assert client.get("/api/studies", headers=AUTH).json() == []
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "data" / "marker").exists()
+
+
+def test_an_alias_bomb_or_a_fifo_is_refused_at_once_and_the_service_goes_on(tmp_path, setup):
+    """A few hundred bytes of nested aliases (10^10 leaves) and a FIFO named like a task YAML: each
+    refused with one line in well under a second, and the next request answered as usual."""
+    import os
+    import time
+
+    spec, tasks, _ = setup
+    assert len(BILLION_LAUGHS) < 600
+    with api(tmp_path) as client:
+        with_sums(tasks, BILLION_LAUGHS)
+        started = time.monotonic()
+        response = submit(client, tmp_path, spec)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 422 and "aliases expand to more than 100000 nodes" in response.json()["detail"], response.text
+        with_sums(tasks, "")
+        os.mkfifo(tasks / "pipe.yaml")
+        started = time.monotonic()
+        response = submit(client, tmp_path, spec)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 422 and "pipe.yaml: a task YAML that is not a regular file" in response.json()["detail"]
+        (tasks / "pipe.yaml").unlink()
+        started = time.monotonic()
+        assert submit(client, tmp_path, spec).status_code == 201
+        assert time.monotonic() - started < 5.0

@@ -4,7 +4,9 @@ and no file outside the allowed roots.
 
 The YAMLs are read as lm-eval reads them (`include:` relative to the including file's real folder,
 the including file's keys winning, `data_files` made absolute as the suite makes them), but with a
-safe loader that keeps each `!function` as a marker instead of importing it. A check, not a
+bounded safe loader (regular files, a size and alias bound) that records each `!function` wherever
+it stands (a key, a set, an included file's `task_list`) instead of importing it, and refuses YAML's
+collection tags that hold values out of sight (`!!set`, `!!omap`, `!!pairs`). A check, not a
 sandbox: a file changed after the check is not seen again.
 """
 
@@ -21,6 +23,7 @@ import yaml
 from recycler.errors import RecyclerError, one_line
 from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.suite import SuiteSpec, absolute_data_files, listed_files, task_yaml_files
+from recycler.yaml_files import BoundedSafeLoader, read_text_file
 
 _GLOB_CHARACTERS = set("*?[")
 _LM_EVAL_GENERATION_KEYS = ("until", "max_gen_toks")  # lm-eval's own, taken out before `generate`
@@ -30,12 +33,28 @@ class _Function(str):
     """A `!function module.name` value, not imported."""
 
 
-class _Loader(yaml.SafeLoader):
-    """lm-eval's task YAML syntax with nothing run: `!function` gives a _Function; any other
-    tag a safe loader does not know is an error."""
+class _Loader(BoundedSafeLoader):
+    """lm-eval's task YAML syntax with nothing run: `!function` gives a _Function and is recorded
+    with its line; any other tag a safe loader does not know is an error."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.functions: list[tuple[str, int]] = []
 
 
-_Loader.add_constructor("!function", lambda loader, node: _Function(loader.construct_scalar(node)))
+def _function(loader: _Loader, node: yaml.Node) -> _Function:
+    value = _Function(loader.construct_scalar(node))
+    loader.functions.append((str(value), node.start_mark.line + 1))
+    return value
+
+
+def _refused_tag(loader: _Loader, node: yaml.Node) -> None:
+    raise yaml.constructor.ConstructorError(None, None, f"{node.tag} is not allowed in a task YAML", node.start_mark)
+
+
+_Loader.add_constructor("!function", _function)
+for _tag in ("set", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refused_tag)
 
 
 def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> None:
@@ -52,35 +71,41 @@ def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> None:
     if suite.task_dir is None or not suite.task_dir.is_dir():
         return
     for path in task_yaml_files(suite.task_dir):
-        top = _read(path, roots, f"suite.task_dir: {path.relative_to(suite.task_dir)}")
+        top, functions = _read(path, roots, f"suite.task_dir: {path.relative_to(suite.task_dir)}")
         name = top.get("task") if isinstance(top.get("task"), str) else path.name
         where = f"suite.task_dir: task '{name}' ({path.relative_to(suite.task_dir)})"
         merged = {}
-        for included, file, data in _with_includes(path, None, top, roots, where, set()):
+        for included, file, data, functions in _with_includes(path, None, top, functions, roots, where, set()):
             if not roots.trusts_code(file.parent):
-                _refuse_code(data, where if included is None else f"{where}, included {included}")
+                _refuse_code(data, functions, where if included is None else f"{where}, included {included}")
             merged = {**merged, **data}
         merged.pop("include", None)
         for key, value in _opened_paths(merged, path.parent):
             _check_local(value, roots, f"{where}: {key}")
 
 
-def _read(path: Path, roots: AllowedRoots, where: str) -> dict[str, Any]:
+def _read(path: Path, roots: AllowedRoots, where: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """A task YAML's keys, and every `!function` in it with its line."""
     roots.inside(path, where)
+    text = read_text_file(path, where)
+    loader = _Loader(text)
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
+        data = loader.get_single_data()
+    except yaml.YAMLError as error:
         raise RecyclerError(f"{where}: not a valid lm-eval task YAML ({one_line(error, 200)})") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise RecyclerError(f"{where}: not a valid lm-eval task YAML (a mapping is needed)")
-    return data
+    return data, loader.functions
 
 
-def _with_includes(path: Path, written: str | None, data: dict[str, Any], roots: AllowedRoots, where: str,
-                   seen: set[Path]) -> Iterator[tuple[str | None, Path, dict[str, Any]]]:
+def _with_includes(path: Path, written: str | None, data: dict[str, Any], functions: list[tuple[str, int]],
+                   roots: AllowedRoots, where: str, seen: set[Path]
+                   ) -> Iterator[tuple[str | None, Path, dict[str, Any], list[tuple[str, int]]]]:
     """Each file of an include chain: the include as written (None for the top file), the file
-    resolved (its own folder decides whether its code is trusted) and its keys; included files
-    first, as lm-eval merges them."""
+    resolved (its own folder decides whether its code is trusted), its keys and its `!function`s;
+    included files first, as lm-eval merges them."""
     resolved = path.resolve()
     if resolved in seen:
         raise RecyclerError(f"{where}: include cycle at {path}")
@@ -89,27 +114,31 @@ def _with_includes(path: Path, written: str | None, data: dict[str, Any], roots:
     for include in includes if isinstance(includes, list) else [] if includes is None else [includes]:
         target = Path(str(include))
         target = target if target.is_absolute() else resolved.parent / target
-        included = _read(target, roots, f"{where}: include {include}")
+        included, included_functions = _read(target, roots, f"{where}: include {include}")
         yield from _with_includes(target, str(include), {k: v for k, v in included.items() if k != "task_list"},
-                                  roots, where, seen)
-    yield written, resolved, data
+                                  included_functions, roots, where, seen)
+    yield written, resolved, data, functions
 
 
-def _refuse_code(data: dict[str, Any], where: str) -> None:
-    for key, what in _code(data):
+def _refuse_code(data: dict[str, Any], functions: list[tuple[str, int]], where: str) -> None:
+    for key, what in _code(data, functions):
         raise PathNotAllowed(f"{where}: {key} loads Python ({what}); its YAML is not under a --trust-task-code root")
 
 
-def _code(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Where a task YAML makes lm-eval import code: `!function` anywhere, a task `class`, a
-    metric that is not lm-eval's own (HF evaluate loads it, from a local script if named so), and
-    a generation keyword that is not a plain generation setting (lm-eval hands them all to
-    `model.generate`, and transformers loads code for some, such as `custom_generate`)."""
+def _code(data: dict[str, Any], functions: list[tuple[str, int]]) -> Iterator[tuple[str, str]]:
+    """Where a task YAML makes lm-eval import code: `!function` anywhere (lm-eval's loader imports
+    each one while parsing, wherever it stands: named by its key where it is a value, else by its
+    line), a task `class`, a metric that is not lm-eval's own (HF evaluate loads it, from a local
+    script if named so), and a generation keyword that is not a plain generation setting (lm-eval
+    hands them all to `model.generate`, and transformers loads code for some, such as
+    `custom_generate`)."""
     from lm_eval.api import metrics  # noqa: F401 - fills lm-eval's metric registry
     from lm_eval.api.registry import METRIC_REGISTRY
     from transformers import GenerationConfig
 
     yield from _functions(data, "")
+    for name, line in functions:
+        yield f"line {line}", f"!function {name}"
     if "class" in data:
         yield "class", "a Python task class"
     generation = data.get("generation_kwargs")

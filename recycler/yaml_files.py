@@ -1,0 +1,68 @@
+"""Reading a YAML file someone else wrote, bounded: a regular file (a FIFO or device would block the
+reader forever), of a bounded size, whose aliases expand to a bounded number of nodes (a few hundred
+bytes of nested aliases expand to billions of them for whatever walks the result)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recycler.errors import RecyclerError, one_line
+
+MAX_YAML_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 100_000
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a document whose aliases, expanded, make more than
+    MAX_EXPANDED_NODES nodes (each node's expanded size is computed once, as it is composed)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        node = super().compose_node(parent, index)
+        if id(node) not in self._sizes:
+            children = ([child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode)
+                        else node.value if isinstance(node, yaml.SequenceNode) else [])
+            size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+            if size > MAX_EXPANDED_NODES:
+                raise yaml.YAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES} nodes "
+                                     f"(line {node.start_mark.line + 1})")
+            self._sizes[id(node)] = size
+        return node
+
+
+def read_text_file(path: Path, where: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A regular file's text (checked on the descriptor that reads it, never blocking on a FIFO)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise RecyclerError(f"{where}: cannot be read ({error.strerror})") from None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RecyclerError(f"{where}: not a regular file")
+        if info.st_size > limit:
+            raise RecyclerError(f"{where}: {info.st_size} bytes, more than the {limit} a YAML file may have")
+        data = file.read(limit + 1)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise RecyclerError(f"{where}: not UTF-8 text") from None
+
+
+def load_yaml_file(path: Path, where: str, loader: type[BoundedSafeLoader] = BoundedSafeLoader) -> Any:
+    """A YAML file read by `loader` within the bounds above; one line naming the file otherwise."""
+    text = read_text_file(path, where)
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise RecyclerError(f"{where}: not valid YAML{at} ({one_line(error, 200)})") from None
