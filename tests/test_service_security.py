@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from recycler.cli import build_parser
 from recycler.service import ServiceConfig, create_app
 from recycler.service.security import AllowedRoots, PathNotAllowed, load_token
+from recycler.service.specs import check_checkpoint_files
 from tests.service_auth import AUTH, TOKEN
 
 
@@ -109,3 +110,43 @@ def test_roots_and_bind_defaults(tmp_path):
         roots.check("/etc/passwd", "x")
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.max_body_bytes == 1 << 20
+
+
+def test_checkpoint_files_that_lead_outside_the_roots_are_refused(client, tmp_path):
+    """A checkpoint folder inside the roots whose files point elsewhere: a `config.json` linked to an
+    outside file, an index naming an absolute shard, a FIFO. Refused at submit, nothing outside read
+    or shown back, and the service answers at once."""
+    import json
+    import time
+
+    outside = tmp_path / "outside" / "secret.json"
+    outside.write_text('{"model_type": "SECRET-VALUE"}')
+    ckpt = tmp_path / "pool" / "ckpt1"
+
+    def linked_config():
+        (ckpt / "config.json").rename(ckpt / "config.json.real")
+        (ckpt / "config.json").symlink_to(outside)
+
+    def absolute_shard():
+        index = {"metadata": {}, "weight_map": {"transformer.wte.weight": str(outside)}}
+        (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    cases = {
+        "config.json linked outside": (linked_config, 403, "checkpoints.1.path: config.json: "),
+        "an index naming an absolute shard": (absolute_shard, 403, "names shard /"),
+        "a FIFO": (lambda: os.mkfifo(ckpt / "tokenizer.json.fifo"), 422, "tokenizer.json.fifo is not a regular file"),
+    }
+    for label, (make, status, message) in cases.items():
+        make()
+        started = time.monotonic()
+        response = client.post("/api/studies", json={"spec": client.spec, "root": str(tmp_path / "pool")}, headers=AUTH)
+        assert time.monotonic() - started < 1.0, label
+        assert response.status_code == status and message in response.json()["detail"], (label, response.text)
+        assert "SECRET-VALUE" not in response.text
+        for undo in ("config.json", "model.safetensors.index.json", "tokenizer.json.fifo"):
+            if (ckpt / undo).is_symlink() or (ckpt / undo).exists():
+                (ckpt / undo).unlink()
+        if (ckpt / "config.json.real").exists():
+            (ckpt / "config.json.real").rename(ckpt / "config.json")
+    assert client.get("/api/studies", headers=AUTH).json() == []
+    check_checkpoint_files(ckpt, AllowedRoots([tmp_path / "pool"]), "checkpoints.1.path")  # restored, it passes

@@ -3,15 +3,21 @@ before any of them is opened."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
+from recycler.errors import RecyclerError
+from recycler.pool import INDEX_FILE
 from recycler.references import is_file_reference
 from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.service.task_check import check_suite_tasks
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec
+from recycler.yaml_files import read_text_file
+
+MAX_INDEX_BYTES = 64 << 20
 
 
 def _raw_paths(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -43,7 +49,7 @@ def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
     if spec.base is not None:
         refs.append(("base.path", spec.base.path))
     for where, path in refs:
-        roots.check(path, where)
+        check_checkpoint_files(roots.check(path, where), roots, where)
     if is_file_reference(spec.search.space):
         roots.check(spec.search.space, "search.space")
     suite = spec.suite
@@ -55,3 +61,24 @@ def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
     if isinstance(suite, SuiteSpec):
         check_suite_tasks(suite, roots)
 
+
+
+def check_checkpoint_files(folder: Path, roots: AllowedRoots, where: str) -> None:
+    """Every file of a checkpoint folder (what workers read and exports copy) is a regular file whose
+    real path lies inside the roots, and every shard its index names is a file of the folder itself:
+    a `config.json` linked to a file elsewhere, or an index naming `/etc/...`, is refused."""
+    if not folder.is_dir():
+        return  # the pool's own validation names what is missing
+    for entry in sorted(folder.iterdir()):
+        resolved = roots.inside(entry, f"{where}: {entry.name}")
+        if not resolved.is_dir() and not resolved.is_file():
+            raise RecyclerError(f"{where}: {entry.name} is not a regular file")
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            shards = set(json.loads(read_text_file(index, f"{where}: {INDEX_FILE}", MAX_INDEX_BYTES))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RecyclerError(f"{where}: {INDEX_FILE} is not a safetensors index") from None
+        for shard in sorted(map(str, shards)):
+            if PurePath(shard).name != shard or shard in ("", ".", ".."):
+                raise PathNotAllowed(f"{where}: {INDEX_FILE} names shard {shard}, which is not a file of the checkpoint folder")
