@@ -51,6 +51,8 @@ def read_text_file(path: Path, where: str, limit: int = MAX_YAML_BYTES) -> str:
         if info.st_size > limit:
             raise RecyclerError(f"{where}: {info.st_size} bytes, more than the {limit} a YAML file may have")
         data = file.read(limit + 1)
+    if len(data) > limit:  # it grew after the size was read
+        raise RecyclerError(f"{where}: more than the {limit} bytes a YAML file may have")
     try:
         return data.decode()
     except UnicodeDecodeError:

@@ -79,7 +79,6 @@ class _ForwardMeter:
         self.count.seconds += time.perf_counter() - self._started
 
 
-
 class HFEngine(EvaluationEngine):
     """lm-eval's HFLM over one resident transformers model."""
 

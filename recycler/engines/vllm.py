@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,8 @@ from recycler.suite import Suite
 
 SEED = 1234  # lm-eval's default seed for its vLLM model; greedy decoding does not use it
 # lm-eval hands its vLLM model's requests to the engine `batch_size` at a time; here every request of
-# a trial goes at once (vLLM batches them itself, continuously, up to its `max_num_seqs`): on the demo
-# generation suite that took a trial from 1.3 s to 0.85 s.
+# a trial goes at once (vLLM batches them itself, continuously, up to its `max_num_seqs`): faster on
+# the demo generation suite (BENCHMARKS.md section 10).
 ALL_AT_ONCE = 1 << 30
 
 
@@ -103,20 +102,18 @@ def engine_arguments(dtype: torch.dtype, resources: Resources, device: torch.dev
 
 def _check_model(folder: Path, where: str, device: torch.device) -> None:
     """vLLM runs the checkpoint's architecture, and on a CPU its attention head size."""
+    from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    config = json.loads((folder / "config.json").read_text())
-    architectures = config.get("architectures") or []
-    supported = ModelRegistry.get_supported_archs()
-    if not any(a in supported for a in architectures):
+    config = AutoConfig.from_pretrained(str(folder))
+    architectures = config.architectures or []
+    if not any(a in ModelRegistry.get_supported_archs() for a in architectures):
         raise RecyclerError(f"{where}: vLLM cannot run architecture {', '.join(architectures) or '(none named)'} "
                             "(resources.engine: vllm); use engine hf")
     if device.type == "cpu":
-        heads = config.get("num_attention_heads") or config.get("n_head")
-        width = config.get("hidden_size") or config.get("n_embd")
-        head_size = config.get("head_dim") or (width // heads if heads and width else None)
+        head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         sizes = vllm_cpu_head_sizes()
-        if head_size is not None and head_size not in sizes:
+        if head_size not in sizes:
             raise RecyclerError(f"{where}: attention head size {head_size} is not one vLLM's CPU attention runs "
                                 f"({', '.join(map(str, sizes))}); use engine hf")
 
