@@ -1,15 +1,45 @@
-"""Writing and checksumming files: atomic writes, and sha256 sums cached by path, size and
-modification time, so a multi-GB pool is hashed once, not on every command."""
+"""Opening, writing and checksumming files: regular files opened with their checks made on the
+descriptor, atomic writes, and sha256 sums cached by path, size and modification time, so a
+multi-GB pool is hashed once, not on every command."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from recycler.errors import RecyclerError
+
 CACHE_FILE = "sha256.json"
+
+
+def open_regular(path: Path, where: str, inside: Callable[[Path], bool] | None = None) -> int:
+    """A read-only descriptor of the regular file at `path`, checked on the descriptor itself: a FIFO
+    or device is refused without blocking. With `inside` (whether a real path lies inside the allowed
+    roots), the file is opened at its real path without following a further link, and the path the
+    kernel reports for the open descriptor must be inside too, so a link swapped in after an earlier
+    check leads nowhere."""
+    at = path.resolve() if inside else path
+    if inside is not None and not inside(at):
+        raise RecyclerError(f"{where}: {path} resolves to {at}, outside the allowed roots")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if inside else 0)
+    try:
+        descriptor = os.open(at, flags)
+    except OSError as error:
+        raise RecyclerError(f"{where}: {path} cannot be opened ({error.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise RecyclerError(f"{where}: {path} is not a regular file")
+        if inside is not None and not inside(Path(os.readlink(f"/proc/self/fd/{descriptor}"))):
+            raise RecyclerError(f"{where}: {path} was not inside the allowed roots when opened")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -25,6 +25,7 @@ from recycler.config import Name, StrictModel, first_error, resolve_path
 from recycler.errors import RecyclerError, one_line
 from recycler.library_seams import load_task_yaml, sandbox_task_templates
 from recycler.references import reference_file
+from recycler.task_yaml import absolute_data_files, data_only_problem, listed_files, read_task_yaml
 from recycler.yaml_files import load_yaml_file
 
 SUITES_DIR = Path(recycler.eval_suites.__file__).parent
@@ -70,6 +71,8 @@ class SuiteSpec(StrictModel):
     fewshot_as_multiturn: bool = Field(default=False, description="few-shot examples as chat turns (needs apply_chat_template)")
     system_instruction: str | None = Field(default=None, description="a system message (or, without a chat template, a prefix)")
     fewshot_seed: int = Field(default=1234, description="seeds the choice of few-shot examples, as lm-eval's own default")
+    task_code: bool = Field(default=True, description="whether task_dir's YAMLs may load Python (`!function`, task "
+                                                      "classes); false reads them as data only (recycler/task_yaml.py)")
 
     @field_validator("task_dir")
     @classmethod
@@ -87,29 +90,6 @@ class SuiteSpec(StrictModel):
         if self.fewshot_as_multiturn and not self.apply_chat_template:
             raise ValueError("fewshot_as_multiturn: needs apply_chat_template: true")
         return self
-
-
-def absolute_data_files(value: Any, folder: Path) -> Any:
-    """A task YAML's `data_files` with relative paths made absolute against its folder, as the
-    suite hands them to lm-eval (which would read them against the working folder)."""
-    if isinstance(value, str):
-        return str(folder / value) if not Path(value).is_absolute() else value
-    if isinstance(value, list):
-        return [absolute_data_files(v, folder) for v in value]
-    if isinstance(value, dict):
-        return {k: absolute_data_files(v, folder) for k, v in value.items()}
-    return value
-
-
-def listed_files(value: Any) -> list[str]:
-    """Every path of a `data_files` value: a path, a list of them, or split -> path(s)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [f for v in value for f in listed_files(v)]
-    if isinstance(value, dict):
-        return [f for v in value.values() for f in listed_files(v)]
-    return []
 
 
 def _shipped_task_over(name: str, data_files: DataFiles, where: str) -> dict[str, Any]:
@@ -144,24 +124,39 @@ def task_yaml_files(task_dir: Path) -> list[Path]:
     return files
 
 
-def _task_configs(task_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every task YAML under task_dir, by task name, read with lm-eval's own loader."""
+def _task_configs(task_dir: Path, task_code: bool) -> dict[str, dict[str, Any]]:
+    """Every task YAML under task_dir, by task name: read with lm-eval's own loader (which imports
+    each `!function`) when the suite may load code, else with recycler's data-only reader, whose
+    finished config lm-eval is handed as it is."""
     if not task_dir.is_dir():
         raise RecyclerError(f"{task_dir}: task folder does not exist")
     configs = {}
     for path in task_yaml_files(task_dir):
-        try:
-            config = load_task_yaml(path)
-        except (yaml.YAMLError, ValueError, OSError) as error:
-            raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({one_line(error, 200)})") from None
+        config = _task_config(path) if task_code else _data_only_task_config(path)
         if not isinstance(config.get("task"), str):
             continue
         kwargs = config.get("dataset_kwargs") or {}
         if "data_files" in kwargs:
             config["dataset_kwargs"] = {**kwargs, "data_files": absolute_data_files(kwargs["data_files"], path.parent)}
-        config["_yaml"] = str(path)
         configs[config["task"]] = config
     return configs
+
+
+def _task_config(path: Path) -> dict[str, Any]:
+    try:
+        return load_task_yaml(path)
+    except (yaml.YAMLError, ValueError, OSError) as error:
+        raise RecyclerError(f"{path}: not a valid lm-eval task YAML ({one_line(error, 200)})") from None
+
+
+def _data_only_task_config(path: Path) -> dict[str, Any]:
+    task = read_task_yaml(path, str(path))
+    for file, name, line in task.functions():
+        raise RecyclerError(f"{file.path}: line {line}: !function {name} in a suite read as data only (task_code: false)")
+    problem = data_only_problem(task.config)
+    if problem is not None and isinstance(task.config.get("task"), str):
+        raise RecyclerError(f"{path}: {problem} (the suite is read as data only: task_code: false)")
+    return task.config
 
 
 @dataclass(frozen=True)
@@ -189,7 +184,7 @@ class Suite:
     def task_specs(self) -> dict[str, dict[str, Any] | str]:
         """What lm-eval loads, by task: a config dict for a local task YAML, or the name of one of
         lm-eval's own tasks. Local data files are checked here, so their errors name the task."""
-        local = _task_configs(self.spec.task_dir) if self.spec.task_dir else {}
+        local = _task_configs(self.spec.task_dir, self.spec.task_code) if self.spec.task_dir else {}
         specs: dict[str, dict[str, Any] | str] = {}
         for task in self.tasks:
             where = self._where(task)
@@ -209,7 +204,7 @@ class Suite:
                     raise RecyclerError(f"{where}: data file {file} does not exist")
             if files and all(file.stat().st_size == 0 for file in files):
                 raise RecyclerError(f"{where}: has no examples (its data files are empty)")
-            specs[task.task] = {k: v for k, v in config.items() if k != "_yaml"}
+            specs[task.task] = config
         return specs
 
     def _where(self, task: SuiteTask) -> str:

@@ -5,13 +5,13 @@ bytes of nested aliases expand to billions of them for whatever walks the result
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from recycler.errors import RecyclerError, one_line
+from recycler.files import open_regular
 
 MAX_YAML_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 100_000
@@ -40,16 +40,10 @@ class BoundedSafeLoader(yaml.SafeLoader):
 
 def read_text_file(path: Path, where: str, limit: int = MAX_YAML_BYTES) -> str:
     """A regular file's text (checked on the descriptor that reads it, never blocking on a FIFO)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as error:
-        raise RecyclerError(f"{where}: cannot be read ({error.strerror})") from None
-    with os.fdopen(descriptor, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise RecyclerError(f"{where}: not a regular file")
-        if info.st_size > limit:
-            raise RecyclerError(f"{where}: {info.st_size} bytes, more than the {limit} a YAML file may have")
+    with os.fdopen(open_regular(path, where), "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limit:
+            raise RecyclerError(f"{where}: {size} bytes, more than the {limit} a YAML file may have")
         data = file.read(limit + 1)
     if len(data) > limit:  # it grew after the size was read
         raise RecyclerError(f"{where}: more than the {limit} bytes a YAML file may have")

@@ -105,7 +105,8 @@ def test_task_files_outside_the_roots_are_refused(tmp_path, setup):
             response = submit(client, tmp_path, spec)
             assert response.status_code == 403, (label, response.text)
             detail = response.json()["detail"]
-            assert detail.startswith("suite.task_dir: task 'sums' (sums.yaml): ") and key in detail, (label, detail)
+            assert detail.startswith(("suite.task_dir: task 'sums' (sums.yaml): ", "suite.task_dir: sums.yaml: include")), (label, detail)
+            assert key in detail, (label, detail)
         (tasks / "sums.yaml").write_text("task: sums\ninclude: ../shared/far.yaml\n")  # its data files come from the include
         detail = submit(client, tmp_path, spec).json()["detail"]
         assert detail.startswith("suite.task_dir: task 'sums' (sums.yaml): dataset_kwargs.data_files: ") and "outside" in detail
@@ -129,18 +130,23 @@ def test_trusted_task_code_runs_its_study(tmp_path, setup, local_ray):
     assert (tmp_path / "marker").read_text()
 
 
-def test_a_suite_changed_after_it_was_queued_is_checked_again_when_its_study_starts(tmp_path, setup, local_ray):
-    """The check runs at submission and again as the study starts: code added to the task folder
-    while the study waited in the queue does not run."""
-    spec, tasks, _ = setup
+def test_a_suite_changed_after_it_was_queued_is_not_read(tmp_path, setup, local_ray):
+    """The study runs from the copy of its suite made at submission: code added to the task folder
+    and data files swapped for links to outside files while it waited in the queue are never read."""
+    spec, tasks, outside = setup
+    (outside / "sums.jsonl").write_text((outside / "sums.jsonl").read_text().replace('"prompt": "', '"prompt": "OUTSIDE'))
     with api(tmp_path) as client:  # the API alone: the study stays queued
         study = submit(client, tmp_path, spec)
         assert study.status_code == 201, study.text
     with_sums(tasks, "process_docs: !function evil.process\n")
+    (tasks / "data" / "sums.jsonl").unlink()
+    (tasks / "data" / "sums.jsonl").symlink_to(outside / "sums.jsonl")
     with api(tmp_path, runner=True) as client:
         client.app.state.runner.poll_seconds = 0.2
         summary = finished(client, study.json()["id"])
-    assert summary["state"] == "failed" and "process_docs loads Python" in summary["error"], summary
+    assert summary["state"] == "done" and summary["finished"] == 4, summary
+    kept = [file.read_bytes() for file in (tmp_path / "data" / "studies").rglob("*") if file.is_file()]
+    assert kept and not any(b"OUTSIDE" in text for text in kept)
     assert not (tmp_path / "marker").exists()
 
 

@@ -27,6 +27,7 @@ from recycler.service.models import (
 )
 from recycler.service.runner import Runner
 from recycler.service.security import AllowedRoots
+from recycler.service.snapshots import snapshot_spec
 from recycler.service.specs import check_spec_paths, refuse_parent_parts
 from recycler.service.store import ExportRow, Store, StudyRow
 from recycler.service.tokens import Caller, Scope, Tokens
@@ -97,7 +98,8 @@ def _started(service: Service, study_id: str) -> Path:
 @router.post("/studies", status_code=201, response_model=StudySummary)
 def submit_study(body: SubmitStudy, service: ServiceDep, caller: Submitter, request: Request) -> StudySummary:
     """Validate the spec and queue the study; paths outside the allowed roots, and task code
-    outside the roots trusted for it, are refused before any file is read."""
+    outside the roots trusted for it, are refused before any file is read. The study runs from a
+    copy of its suite made here (recycler/service/snapshots.py)."""
     root = service.roots.check(body.root or service.roots.roots[0], "root")
     refuse_parent_parts(body.spec)
     spec = parse_spec(body.spec, root, "spec")
@@ -105,6 +107,7 @@ def submit_study(body: SubmitStudy, service: ServiceDep, caller: Submitter, requ
     if service.storage is not None and _name_taken(service, spec.name):  # it would join that study's trials
         raise HTTPException(409, f"spec name: a study '{spec.name}' is already in the service's database; give this "
                                  "study another name")
+    spec = snapshot_spec(spec, service.roots, service.store.snapshots)
     row = service.store.add_study(spec.name, spec.model_dump_json(), spec.search.trials)
     service.audit.record(caller.name, "submit", f"study {row.id} ({row.name})", _address(request))
     service.runner.wake("studies")

@@ -11,8 +11,10 @@ from pathlib import Path
 from recycler.errors import RecyclerError, one_line
 from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.service.specs import check_spec_paths
+from recycler.service.task_check import check_suite_tasks
 from recycler.service.store import Store
 from recycler.spec import PoolSpec
+from recycler.suite import SuiteSpec
 
 log = logging.getLogger("recycler.service")
 
@@ -72,7 +74,10 @@ class Runner:
             return False
         try:
             spec = PoolSpec.model_validate_json(row.spec)
-            check_spec_paths(spec, self.roots)
+            roots = self.roots.with_folder(self.store.snapshots)  # the suite copied at submission lies there
+            check_spec_paths(spec, roots)
+            if isinstance(spec.suite, SuiteSpec):
+                check_suite_tasks(spec.suite, roots)
             study = run_search(spec, self.store.study_folder(row.id), storage=self.storage, address=self.address,
                                progress=False,
                                should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
@@ -98,7 +103,7 @@ class Runner:
         if row is None:
             return False
         try:
-            export_trial(self.store.study_folder(row.study_id), row.trial, Path(row.out))
+            export_trial(self.store.study_folder(row.study_id), row.trial, Path(row.out), inside=self.roots.contains)
         except Exception as error:  # noqa: BLE001 - any failure is the export's, reported on it
             message = str(error) if isinstance(error, RecyclerError) else f"{type(error).__name__}: {error}"
             self.store.finish_export(row.id, "failed", one_line(message, 400))

@@ -57,6 +57,10 @@ class AllowedRoots:
             if not self._allowed(root):
                 raise RecyclerError(f"--trust-task-code {root}: not under an allowed root ({self._listed()})")
 
+    def with_folder(self, folder: Path) -> AllowedRoots:
+        """These roots and one more folder (the service's own copies of submitted suites)."""
+        return AllowedRoots([*self.roots, folder], self.code)
+
     def check(self, path: str | Path, what: str) -> Path:
         """The resolved path, or PathNotAllowed naming `what`; nothing under it is read."""
         written = Path(path).expanduser()
@@ -77,6 +81,10 @@ class AllowedRoots:
         """Whether a task folder lies under a root the operator trusted to run its Python."""
         resolved = folder.resolve()
         return any(resolved.is_relative_to(root) for root in self.code)
+
+    def contains(self, resolved: Path) -> bool:
+        """Whether an already resolved path lies under an allowed root; for checks made where a file is opened."""
+        return self._allowed(resolved)
 
     def _allowed(self, resolved: Path) -> bool:
         return any(resolved.is_relative_to(root) for root in self.roots)

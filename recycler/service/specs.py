@@ -12,7 +12,6 @@ from recycler.errors import RecyclerError
 from recycler.pool import INDEX_FILE
 from recycler.references import is_file_reference
 from recycler.service.security import AllowedRoots, PathNotAllowed
-from recycler.service.task_check import check_suite_tasks
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec
 from recycler.yaml_files import read_text_file
@@ -40,9 +39,9 @@ def refuse_parent_parts(data: dict[str, Any]) -> None:
 
 
 def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
-    """Every checkpoint, the base, a suite file and its task folder, and a space file must lie under
-    an allowed root (after symlinks), and so must every file the suite's tasks name; their YAMLs may
-    load Python only from a folder trusted for code. A file is read only once it has passed."""
+    """Every checkpoint (each of its files), the base, a suite file and its task folder, and a space
+    file must lie under an allowed root (after symlinks); the suite's tasks are checked apart
+    (recycler/service/task_check.py). A file is read only once it has passed."""
     from recycler.suite import load_suite
 
     refs = [(f"checkpoints.{i}.path", ref.path) for i, ref in enumerate(spec.checkpoints)]
@@ -58,9 +57,6 @@ def check_spec_paths(spec: PoolSpec, roots: AllowedRoots) -> None:
         suite = load_suite(suite).spec
     if isinstance(suite, SuiteSpec) and suite.task_dir is not None:
         roots.check(suite.task_dir, "suite.task_dir")
-    if isinstance(suite, SuiteSpec):
-        check_suite_tasks(suite, roots)
-
 
 
 def check_checkpoint_files(folder: Path, roots: AllowedRoots, where: str) -> None:

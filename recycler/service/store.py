@@ -52,10 +52,12 @@ class ExportRow:
 
 
 class Store:
-    """The registry in DATA/service.db; study folders are DATA/studies/ID."""
+    """The registry in DATA/service.db; study folders are DATA/studies/ID, the suites copied at
+    submission DATA/suites/*."""
 
     def __init__(self, data: Path) -> None:
         self.data = Path(data)
+        self.snapshots = self.data / "suites"
         self.data.mkdir(parents=True, exist_ok=True)
         self.path = self.data / "service.db"
         db = sqlite3.connect(self.path, timeout=30)
