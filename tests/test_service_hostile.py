@@ -196,8 +196,9 @@ CASES: dict[str, tuple[Callable[[Scene], object], int, str]] = {
     "an index naming an absolute shard": (_checkpoint(_index("{outside}/model.safetensors")), 403, "not a file of the checkpoint folder"),
     "an index naming a shard with ..": (_checkpoint(_index("../../outside/model.safetensors")), 403, "not a file of the checkpoint folder"),
     # Requests that would stall the service.
-    "an alias bomb": (_yaml(BILLION_LAUGHS.replace("{", "{{").replace("}", "}}")), 422, "aliases expand to more than"),
-    "a YAML over the size bound": (_yaml("description: '" + "x" * (1 << 20) + "'\n"), 422, "more than the 1048576"),
+    "a flow list of 100,000 scalars": (_yaml("metadata: [" + "0," * 100_000 + "0]\n"), 422, "more than 20000 nodes"),
+    "an alias bomb": (_yaml(BILLION_LAUGHS.replace("{", "{{").replace("}", "}}")), 422, "more than 20000 nodes, aliases expanded"),
+    "a YAML over the size bound": (_yaml("description: '" + "x" * (256 << 10) + "'\n"), 422, "more than the 262144"),
     "a FIFO named like a task YAML": (_fifo("suite/tasks/stuck.yaml"), 422, "not a regular file"),
     "a FIFO as a data file": (_fifo("suite/tasks/data/stuck.jsonl", "dataset_kwargs:\n  data_files:\n    test: data/stuck.jsonl\n"), 422, "not a regular file"),
     "a FIFO in a checkpoint": (_fifo("ckpt1/tokenizer.json.fifo"), 422, "not a regular file"),
@@ -218,6 +219,16 @@ def _task_list(scene: Scene) -> None:
 def _linked_include(scene: Scene) -> None:
     scene.link("suite/shared", scene.outside)
     scene.sums("include: ../shared/base.yaml\n")
+
+
+def _many_files(folder: str, extra: str = "") -> Callable[[Scene], None]:
+    """1,001 small files under `folder` of the pool: more than a check lists."""
+    def make(scene: Scene) -> None:
+        (scene.pool / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(1_001):
+            (scene.pool / folder / f"{i}.jsonl").write_bytes(b"")
+        scene.sums(extra)
+    return make
 
 
 def _fifo_suite(scene: Scene) -> dict:
@@ -248,6 +259,8 @@ CASES.update({
     "a dataset folder inside whose card points out": (_dataset_folder_inside, 403, "dataset_path"),
     "an include through a link": (_linked_include, 403, OUTSIDE),
     "a FIFO as the suite file": (_fifo_suite, 422, "stuck.yaml"),
+    "a glob over a huge tree": (_many_files("suite/tasks/data/many", "dataset_kwargs:\n  data_files:\n    test: data/**/*.jsonl\n"), 422, "names more than 1000 files"),
+    "a checkpoint folder of many files": (_many_files("ckpt1"), 422, "more than 1000 files in the checkpoint folder"),
     "a checkpoint folder linked outside": (_linked_checkpoint_folder, 403, OUTSIDE),
 })
 
@@ -273,7 +286,9 @@ def test_a_hostile_submission_is_refused_without_effect(scene, client, label):
         change = make(scene)
         before = sorted(os.listdir(scene.outside))
         spec = {**scene.spec, **change} if isinstance(change, dict) else scene.spec
+        started = time.monotonic()
         response = client.post("/api/studies", json={"spec": spec, "root": str(scene.pool)}, headers=AUTH)
+        assert time.monotonic() - started < 3.0
         assert response.status_code == status, response.text
         detail = response.json()["detail"]
         assert message in detail and "\n" not in detail, detail

@@ -8,12 +8,12 @@ from recycler.service import ServiceConfig, create_app
 from tests.service_auth import AUTH, TOKEN, finished
 
 EVIL = """\
+import os
 import pathlib
-import socket
 
 
 def process(docs):
-    pathlib.Path({marker!r}).write_text(socket.gethostname())
+    pathlib.Path({marker!r}).write_text(f"{{os.getpid()}} {{os.environ.get('RECYCLER_TOKEN')}}")
     return docs
 """
 
@@ -118,8 +118,18 @@ def test_task_files_outside_the_roots_are_refused(tmp_path, setup):
         assert len(client.get("/api/studies", headers=AUTH).json()) == 1
 
 
-def test_trusted_task_code_runs_its_study(tmp_path, setup, local_ray):
+def test_trusted_task_code_runs_its_study_outside_the_server(tmp_path, setup, local_ray, monkeypatch):
+    """Code from a trusted folder runs, but in the study's driver and workers, never in the server
+    process, and none of them sees the service's token."""
+    import os
+    import sys
+
+    from recycler.service.security import load_token
+
     spec, tasks, _ = setup
+    monkeypatch.setenv("RECYCLER_TOKEN", "token-from-the-environment")
+    token, _ = load_token(tmp_path / "token")
+    assert token == "token-from-the-environment" and "RECYCLER_TOKEN" not in os.environ
     with_sums(tasks, "process_docs: !function evil.process\n")
     with api(tmp_path, runner=True, trust_task_code=[tmp_path / "pool" / "suite"]) as client:
         client.app.state.runner.poll_seconds = 0.2
@@ -127,7 +137,9 @@ def test_trusted_task_code_runs_its_study(tmp_path, setup, local_ray):
         assert study.status_code == 201, study.text
         summary = finished(client, study.json()["id"])
     assert summary["state"] == "done" and summary["finished"] == 4, summary
-    assert (tmp_path / "marker").read_text()
+    pid, seen = (tmp_path / "marker").read_text().split()
+    assert int(pid) != os.getpid() and seen == "None"
+    assert not [name for name in sys.modules if name.endswith("evil")]
 
 
 def test_a_suite_changed_after_it_was_queued_is_not_read(tmp_path, setup, local_ray):
@@ -211,7 +223,7 @@ def test_an_alias_bomb_or_a_fifo_is_refused_at_once_and_the_service_goes_on(tmp_
         started = time.monotonic()
         response = submit(client, tmp_path, spec)
         assert time.monotonic() - started < 1.0
-        assert response.status_code == 422 and "aliases expand to more than 100000 nodes" in response.json()["detail"], response.text
+        assert response.status_code == 422 and "more than 20000 nodes, aliases expanded" in response.json()["detail"], response.text
         with_sums(tasks, "")
         os.mkfifo(tasks / "pipe.yaml")
         started = time.monotonic()

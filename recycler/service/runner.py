@@ -3,20 +3,18 @@ exports are written one at a time beside them. Every state change goes to the st
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from recycler.errors import RecyclerError, one_line
+from recycler.service.driver import drive_study
 from recycler.service.security import AllowedRoots, PathNotAllowed
 from recycler.service.specs import check_spec_paths
 from recycler.service.task_check import check_suite_tasks
 from recycler.service.store import Store
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec
-
-log = logging.getLogger("recycler.service")
 
 
 class Runner:
@@ -32,6 +30,7 @@ class Runner:
         self._stopping = threading.Event()
         self._wake = {"studies": threading.Event(), "exports": threading.Event()}
         self._threads: list[threading.Thread] = []
+        self._ray_address: str | None = None
 
     def start(self) -> None:
         """Re-queue what the last process left running, join Ray (from the caller's thread, so Ray can
@@ -62,13 +61,15 @@ class Runner:
                 self._wake[kind].clear()
 
     def _init_ray(self) -> None:
+        """Join (or start) the cluster here, so each study's driver process joins the same one."""
+        import ray
+
         from recycler.cluster import connect_ray
 
         connect_ray(self.address)
+        self._ray_address = ray.get_runtime_context().gcs_address
 
     def _run_next_study(self) -> bool:
-        from recycler.search import finished_trials, run_search
-
         row = self.store.claim_next_study()
         if row is None:
             return False
@@ -78,19 +79,16 @@ class Runner:
             check_spec_paths(spec, roots)
             if isinstance(spec.suite, SuiteSpec):
                 check_suite_tasks(spec.suite, roots)
-            study = run_search(spec, self.store.study_folder(row.id), storage=self.storage, address=self.address,
-                               progress=False,
-                               should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
         except (RecyclerError, PathNotAllowed) as error:
             self.store.finish_study(row.id, "failed", str(error))
             return True
-        except Exception as error:  # a study's failure must not end the runner
-            log.exception("study %s failed", row.id)
-            self.store.finish_study(row.id, "failed", f"{type(error).__name__}: {one_line(error, 400)}")
-            return True
-        if self.store.cancel_requested(row.id):
+        outcome = drive_study(spec, self.store.study_folder(row.id), storage=self.storage, address=self._ray_address,
+                              should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
+        if outcome.error is not None:
+            self.store.finish_study(row.id, "failed", outcome.error)
+        elif self.store.cancel_requested(row.id):
             self.store.finish_study(row.id, "cancelled")
-        elif finished_trials(study) >= spec.search.trials:
+        elif outcome.finished >= spec.search.trials:
             self.store.finish_study(row.id, "done")
         else:
             self.store.finish_study(row.id, "queued")

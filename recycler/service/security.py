@@ -24,8 +24,8 @@ class PathNotAllowed(Exception):
 def load_token(path: Path) -> tuple[str, bool]:
     """The token from RECYCLER_TOKEN, else the token file; a new one is generated and stored 0600
     on first start. Returns (token, created) so the caller shows a new token once."""
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV], False
+    if os.environ.get(TOKEN_ENV):  # taken out, so no process the service starts (Ray, drivers, workers) inherits it
+        return os.environ.pop(TOKEN_ENV), False
     if path.is_file():
         token = path.read_text().strip()
         if token:

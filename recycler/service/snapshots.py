@@ -4,7 +4,7 @@ from what was checked and nothing changed in the roots afterwards is read.
 Each task YAML of an untrusted task folder is written back finished (includes merged by
 recycler's data-only reader, plain YAML, `task_code: false`), beside a copy of every data file it
 names; the shipped tasks' local `data_files` are copied too. Every file is copied from a descriptor
-whose real path was checked inside the roots (`recycler.files.open_regular`), with a bound on the total.
+whose real path was checked inside the roots (`recycler.files.open_regular`), with bounds on their number and size.
 A folder trusted for code runs in place (its Python imports its neighbours) and is checked again
 when the study starts.
 """
@@ -28,6 +28,7 @@ from recycler.suite import SuiteSpec, SuiteTask
 from recycler.task_yaml import absolute_data_files
 
 MAX_SNAPSHOT_BYTES = 1 << 30
+MAX_SNAPSHOT_FILES = 1_000
 
 
 class _Copier:
@@ -57,6 +58,9 @@ class _Copier:
     def copy(self, file: Path, where: str) -> Path:
         if file in self.copies:
             return self.copies[file]
+        if len(self.copies) == MAX_SNAPSHOT_FILES:
+            raise RecyclerError(f"{where}: the suite names more than {MAX_SNAPSHOT_FILES} files, the most a submitted "
+                                "suite may copy")
         target = self.data / f"{len(self.copies)}-{file.name}"
         descriptor = open_regular(file, where, self.roots.contains)
         with os.fdopen(descriptor, "rb") as source, open(target, "xb") as copy:

@@ -3,6 +3,7 @@ before any of them is opened."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path, PurePath
@@ -17,6 +18,7 @@ from recycler.suite import SuiteSpec
 from recycler.yaml_files import read_text_file
 
 MAX_INDEX_BYTES = 64 << 20
+MAX_CHECKPOINT_FILES = 1_000  # a 100B-parameter checkpoint has a few hundred shards
 
 
 def _raw_paths(data: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -65,7 +67,10 @@ def check_checkpoint_files(folder: Path, roots: AllowedRoots, where: str) -> Non
     a `config.json` linked to a file elsewhere, or an index naming `/etc/...`, is refused."""
     if not folder.is_dir():
         return  # the pool's own validation names what is missing
-    for entry in sorted(folder.iterdir()):
+    entries = list(itertools.islice(folder.iterdir(), MAX_CHECKPOINT_FILES + 1))
+    if len(entries) > MAX_CHECKPOINT_FILES:
+        raise RecyclerError(f"{where}: more than {MAX_CHECKPOINT_FILES} files in the checkpoint folder")
+    for entry in sorted(entries):
         resolved = roots.inside(entry, f"{where}: {entry.name}")
         if not resolved.is_dir() and not resolved.is_file():
             raise RecyclerError(f"{where}: {entry.name} is not a regular file")

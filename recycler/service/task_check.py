@@ -11,6 +11,8 @@ code from an untrusted folder into a trusted task.
 from __future__ import annotations
 
 import glob
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 from recycler.errors import RecyclerError
@@ -29,6 +31,7 @@ from recycler.task_yaml import (
 )
 
 _GLOB_CHARACTERS = set("*?[")
+MAX_LISTED = 1_000
 
 
 def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> dict[Path, TaskYaml]:
@@ -79,20 +82,22 @@ def _check_data_only(task: TaskYaml, where: str) -> None:
 
 def check_local(value: str, roots: AllowedRoots, where: str) -> list[Path]:
     """The files a path (relative to the working folder, as `datasets` takes it) or a glob pattern
-    names, resolved: every match, and every file under a folder, inside the allowed roots; URLs are
-    refused."""
+    names, resolved: every match, and every file under a folder, inside the allowed roots, at most
+    MAX_LISTED of them (a pattern over a huge tree would hold the request); URLs are refused."""
     if is_url(value):
         raise PathNotAllowed(f"{where}: {value} is not a local path (URLs are refused)")
     path = Path(value).expanduser().absolute()
     if _GLOB_CHARACTERS & set(value):
         fixed = next(i for i, part in enumerate(path.parts) if _GLOB_CHARACTERS & set(part))
         roots.inside(Path(*path.parts[:fixed]), where)
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+        matches: Iterable[Path] = (Path(m) for m in glob.iglob(str(path), recursive=True))
     else:
         matches = [path]
     files = []
     for match in matches:
         files.append(roots.inside(match, where))
         if match.is_dir():
-            files.extend(roots.inside(below, where) for below in sorted(match.rglob("*")))
-    return files
+            files.extend(roots.inside(below, where) for below in itertools.islice(match.rglob("*"), MAX_LISTED + 1))
+        if len(files) > MAX_LISTED:
+            raise RecyclerError(f"{where}: {value} names more than {MAX_LISTED} files")
+    return sorted(files)
