@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from recycler.errors import RecyclerError
 
@@ -82,7 +83,7 @@ def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: li
 
     from recycler.compare import examples_text, with_examples
     from recycler.front import front_document, front_records, front_table
-    from recycler.selection import narrow
+    from recycler.selection import narrow, select
     from recycler.study import load_study
 
     if examples is not None and fmt == "csv":
@@ -95,11 +96,26 @@ def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: li
         print(json.dumps(front_document(info, records), indent=2))
     elif fmt == "csv":
         print(front_table(records, info, wide=True).to_csv(index=False), end="")
+    elif not records:
+        print(_no_trials_yet(study, folder))
     else:
+        if (where or preference is not None or limit is not None) and not select(
+                records, info, where=where, preference=preference, limit=limit, front_only=not include_all):
+            print(f"no {'trial' if include_all else 'front member'} meets {' '.join(where) or 'the selection'}; the "
+                  "baselines are listed for reference")
         print(front_table(records, info, wide=wide).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         for record in records:
             if "examples" in record:
                 print(examples_text(record))
+
+
+def _no_trials_yet(study: Any, folder: Path) -> str:
+    """A sentence for a study with no completed trial: how many it has, by state."""
+    from collections import Counter
+
+    states = Counter(trial.state.name.lower() for trial in study.trials)
+    held = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no trials"
+    return f"{folder}: no trial has completed yet ({held}); run `recycler run` on its spec to go on"
 
 
 def _cmd_front(args: argparse.Namespace) -> None:

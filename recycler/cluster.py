@@ -43,11 +43,18 @@ def worker_device(spec: PoolSpec) -> torch.device:
 @dataclass(frozen=True)
 class Finished(Generic[Job]):
     """A job's outcome: the worker's result (scores and timings, or an error it reported), or
-    `died` with why, when the worker was lost and replaced."""
+    `raised` with the exception in one line (the worker is kept), or `died` with why, when the
+    worker was lost and replaced."""
 
     job: Job
     result: dict[str, Any]
     died: bool
+    raised: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether the job ended without a result, so the trial is failed and retried."""
+        return self.died or self.raised
 
 
 class WorkerPool(Generic[Job]):
@@ -92,13 +99,23 @@ class WorkerPool(Generic[Job]):
         worker, job = self._in_flight.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as error:
-            self.workers.remove(worker)
-            ray.kill(worker)
-            self._replace()
-            return Finished(job, {"error": _describe(error)}, died=True)
+        except ray.exceptions.RayTaskError as error:  # scoring raised: the worker lives on
+            if isinstance(error.cause, ray.exceptions.RayError):
+                return self._lost(worker, job, error)
+            self.idle.append(worker)
+            return Finished(job, {"error": _describe(error)}, died=False, raised=True)
+        except ray.exceptions.RayActorError as error:
+            return self._lost(worker, job, error)
         self.idle.append(worker)
         return Finished(job, result, died=False)
+
+    def _lost(self, worker: Any, job: Job, error: Exception) -> Finished[Job]:
+        import ray
+
+        self.workers.remove(worker)
+        ray.kill(worker)
+        self._replace()
+        return Finished(job, {"error": _describe(error)}, died=True)
 
     def _replace(self) -> None:
         """Ask for a new worker without waiting for it: Ray starts it where there is room."""

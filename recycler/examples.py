@@ -27,7 +27,7 @@ PROMPTS_FILE = "prompts.json"
 class TaskResults(TypedDict):
     """One task's per-example results, as the worker reports them."""
 
-    scores: list[float]
+    scores: list[float | None]  # None: a corpus metric's per-example value (bleu, f1: a pair), not comparable alone
     answers: NotRequired[list[str]]  # generation tasks only
 
 
@@ -46,9 +46,9 @@ def _results_file(study_dir: Path, key: int | str) -> Path:
     return _folder(study_dir) / f"{name}.json"
 
 
-def _compact(value: float) -> float | int:
+def _compact(value: float | None) -> float | int | None:
     """0.0 and 1.0 written as 0 and 1: most per-example scores are."""
-    return int(value) if float(value).is_integer() else value
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _dump(data: object) -> str:
@@ -91,4 +91,4 @@ def read_results(study_dir: Path, key: int | str) -> dict[str, TaskResults] | No
     results = _load(_results_file(study_dir, key))
     if results is None:
         return None
-    return {task: {**r, "scores": [float(v) for v in r["scores"]]} for task, r in results.items()}
+    return {task: {**r, "scores": [None if v is None else float(v) for v in r["scores"]]} for task, r in results.items()}

@@ -252,7 +252,8 @@ class ExampleRow(TypedDict):
     prompt: str
     target: str
     answer: Annotated[str, Field(description="the candidate's answer after the task's filters (what the metric compared)")]
-    score: float
+    score: Annotated[float | None, Field(description="the metric's value for this example; null for a corpus metric "
+                                                     "(bleu, f1), whose per-example value is not a score alone")]
     beside_answer: str | None
     beside_score: float | None
 

@@ -13,8 +13,10 @@ the study in a database, several drivers (on several machines) can run it togeth
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -300,6 +302,46 @@ def _non_finite(scores: dict[str, Any]) -> str | None:
     return f"non-finite score on task '{bad[0]}'" if bad else None
 
 
+def _bad_candidate(result: dict[str, Any]) -> str | None:
+    """Why a worker's result is a bad candidate (NaN/inf weights, non-finite scores), if it is one."""
+    return result.get("error") or _non_finite(result["scores"])
+
+
+SAME_FAILURE_CANDIDATES = 3  # candidates in a row failing with one reason end the search
+
+
+@dataclass
+class _FailureStreak:
+    """Failures since the last recorded result: a search whose every candidate raises the same
+    error, or whose workers keep dying, ends with one line instead of retrying forever."""
+
+    workers: int
+    reason: str | None = None  # the failure, without the files and numbers it names
+    candidates: list[str] = field(default_factory=list)  # recipes failing with `reason`, in a row
+    deaths: int = 0
+
+    def succeeded(self) -> None:
+        self.reason, self.candidates, self.deaths = None, [], 0
+
+    def failed(self, job: _Job, reason: str, died: bool) -> None:
+        where = f"trial {job.trial.number}" if job.trial is not None else f"baseline '{job.label}'"
+        if died:
+            self.deaths += 1
+            if self.deaths > max(3, 2 * self.workers):
+                raise RecyclerError(f"workers keep dying: {self.deaths} in a row without a result, the last while "
+                                    f"scoring {where}: {reason}")
+            return
+        kind = re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "…", reason)  # one failure whatever file or number it names
+        if kind != self.reason:
+            self.reason, self.candidates = kind, []
+        recipe = json.dumps(job.recipe.to_json(), sort_keys=True)
+        if recipe not in self.candidates:
+            self.candidates.append(recipe)
+        if len(self.candidates) >= SAME_FAILURE_CANDIDATES:
+            raise RecyclerError(f"every candidate fails the same way ({len(self.candidates)} in a row, the last "
+                                f"{where}): {reason}")
+
+
 def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
     """Store a worker's result on the trial, and its per-example results in the study folder, and
     return its objective values; a bad candidate (non-finite weights or scores) fails with the
@@ -307,7 +349,7 @@ def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str
     study = prepared.study
     if "error" not in result:
         record_scores(trial, result)
-    error = result.get("error") or _non_finite(result["scores"])
+    error = _bad_candidate(result)
     if error:
         record_error(trial, error)
         study.tell(trial, state=TrialState.FAIL)
@@ -392,7 +434,8 @@ class _Loop:
     progress: _Progress
     heartbeat: Heartbeat
     should_stop: Callable[[], bool]
-    lost_baselines: dict[str, int] = field(default_factory=dict)  # side baselines whose worker died, by label
+    failures: _FailureStreak
+    lost_baselines: dict[str, int] = field(default_factory=dict)  # side baselines whose worker failed, by label
     finishing: list[_Job] = field(default_factory=list)  # screened trials promoted, waiting for a worker
     rescoring: list[_Job] = field(default_factory=list)  # side baselines whose worker died, waiting for another
     stopping: bool = False
@@ -457,7 +500,7 @@ class _Loop:
         """Finish a screened trial if it can still reach the front of fully evaluated trials, else
         drop it (told to the sampler as pruned) with its subset's scores; True if it goes on."""
         prepared, study = self.prepared, self.prepared.study
-        if "error" in result or _non_finite(result["scores"]):
+        if _bad_candidate(result):
             self.progress.trial_finished(record_result(prepared, job.trial, result))
             return False
         info, screening = prepared.info, prepared.screening
@@ -493,35 +536,55 @@ class _Loop:
             warnings.warn(f"trial {finished.job.trial.number} was taken for lost by a driver while this one could not "
                           "reach the database; its result is dropped and its retry scores it again", stacklevel=1)
             still_running = False
+        except (RecyclerError, *_LOST_CONNECTION):
+            raise
+        except Exception as error:  # a result this driver cannot record fails its trial, not the search
+            still_running = False
+            self._fail(finished.job, f"recording its result failed: {type(error).__name__}: {one_line(error, 300)}", died=False)
         if not still_running:
             self.heartbeat.remove(self.prepared.study, finished.job.trial.number)
 
     def _record_trial(self, finished: Finished[_Job]) -> bool:
         """Store a trial's outcome; True if it goes on to another stage."""
         job, result = finished.job, finished.result
-        if finished.died:
-            if job.stage == "rest":  # its screening examples were scored; those of the lost stage are unknown
+        if finished.failed:
+            if job.stage == "rest":  # its screening examples were scored; those of the failed stage are unknown
                 record_cost(job.trial, self.prepared.screening.screened_examples, job.screened["forward_tokens"])
-            fail_and_retry(self.prepared.study, job.trial, result["error"], self.spec.search.max_retries)
-            self.progress.trial_finished(None)
+            self._fail(job, result["error"], died=finished.died)
             return False
         if job.stage == "screen":
-            return self._screened(job, result)
+            still_running = self._screened(job, result)
+            self.failures.succeeded()
+            return still_running
         result = self._finished(job, result) if job.stage == "rest" else result
         values = record_result(self.prepared, job.trial, result)
         self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
+        self.failures.succeeded()
         return False
+
+    def _fail(self, job: _Job, reason: str, died: bool) -> None:
+        """Fail the trial with its one-line reason, queue it again while its retries last, and end the
+        search once failures repeat (_FailureStreak)."""
+        try:
+            fail_and_retry(self.prepared.study, job.trial, reason, self.spec.search.max_retries)
+        except optuna.exceptions.UpdateFinishedTrialError:  # told before recording failed: its state stands
+            pass
+        self.progress.trial_finished(None)
+        self.failures.failed(job, reason, died)
 
     def _record_side_baseline(self, finished: Finished[_Job]) -> None:
         """Store a side baseline's scores on the study and close its claim; a lost worker's baseline
         is scored again by this driver while retries remain."""
         job, result, prepared = finished.job, finished.result, self.prepared
-        if finished.died:
+        if finished.failed:
+            self.failures.failed(job, result["error"], finished.died)
             self.lost_baselines[job.label] = self.lost_baselines.get(job.label, 0) + 1
             if self.lost_baselines[job.label] <= self.spec.search.max_retries:  # as a failed trial would be
                 self.rescoring.append(job)
                 return
-        error = result.get("error") or _non_finite(result["scores"])
+        else:
+            self.failures.succeeded()
+        error = _bad_candidate(result)
         if not error:
             write_results(prepared.folder, job.label, result["examples"])
         record_side_baseline(prepared.study, SideBaseline(job.label, job.recipe.to_json(),
@@ -576,7 +639,7 @@ def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | No
         heartbeat = Heartbeat(prepared.storage, spec.resources.heartbeat_seconds)
         bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
         try:
-            _Loop(prepared, spec, workers, bar, heartbeat, should_stop).run()
+            _Loop(prepared, spec, workers, bar, heartbeat, should_stop, _FailureStreak(spec.resources.workers)).run()
         finally:
             bar.close()
             heartbeat.close()

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from recycler.config import Name, StrictModel, first_error, resolve_path
+from recycler.config import Name, StrictModel, first_error, reference_or_inline, resolve_path
 from recycler.engine import DEFAULT_ENGINE, engine_names
 from recycler.errors import RecyclerError
 from recycler.references import is_file_reference
@@ -129,7 +129,7 @@ class PoolSpec(StrictModel):
     name: Name
     checkpoints: list[CheckpointRef] = Field(min_length=2)
     base: CheckpointRef | None = None
-    suite: str | SuiteSpec = Field(
+    suite: reference_or_inline(SuiteSpec) = Field(  # type: ignore[valid-type]
         default="demo", description="a suite name in eval_suites/, a path to a suite file, or a suite inline"
     )
     objectives: list[Name] | None = Field(

@@ -67,6 +67,14 @@ def add_generation_task(tasks):
     (tasks / "answer.yaml").write_text(_GENERATION_TASK)
 
 
+def add_f1_task(tasks: Path, name: str, choices: int) -> None:
+    """`name`: the `pick` task with lm-eval's corpus-level `f1` among its metrics, over the first
+    `choices` choices (sklearn's binary f1, which lm-eval calls, raises on more than two classes)."""
+    text = (tasks / "pick.yaml").read_text().replace("task: pick", f"task: {name}")
+    text = text.replace("{{choices}}", f"{{{{choices[:{choices}]}}}}")
+    (tasks / f"{name}.yaml").write_text(text + "  - {metric: f1, aggregation: f1, higher_is_better: true}\n")
+
+
 def _sums(rng: random.Random) -> dict:
     a, b = rng.randint(0, 99), rng.randint(0, 99)
     return {"prompt": f"{a}+{b}=", "answer": str(a + b)}

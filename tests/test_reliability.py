@@ -22,6 +22,7 @@ from recycler.pool import load_pool
 from recycler.search import fail_and_retry, finished_trials, run_search
 from recycler.spec import load_spec
 from recycler.workers import MergeWorker
+from tests.suites import add_f1_task
 
 
 def test_failed_trials_are_retried_up_to_the_limit():
@@ -121,3 +122,45 @@ def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tm
         f"scratch), {format_bytes(needs.resident)} with it stacked, and 1 worker(s) started; "
         "lower resources.workers or resources.memory_per_worker, or use a machine with more memory"
     )
+
+
+def test_every_candidate_raising_the_same_error_ends_the_search_with_one_line(tmp_path, local_ray, search_spec):
+    """A held-out task that lm-eval cannot score (f1 of a three-way choice): each trial fails with
+    the exception in one line, the workers live on, and the search ends after three candidates."""
+    spec = search_spec(trials=8, workers=1)
+    add_f1_task(tmp_path / "suite" / "tasks", "pickf1", choices=3)
+    spec = spec.model_copy(update={"suite": spec.suite.replace("suite.yaml", "f1.yaml")})
+    suite = yaml.safe_load((tmp_path / "suite" / "suite.yaml").read_text())
+    suite["held_out"] = [{"task": "pickf1", "metric": "f1"}]
+    (tmp_path / "suite" / "f1.yaml").write_text(yaml.safe_dump(suite))
+    started = time.monotonic()
+    with pytest.raises(RecyclerError, match=r"^every candidate fails the same way \(3 in a row, the last trial \d+\): "
+                                            r"ValueError: Target is multiclass"):
+        run_search(spec, tmp_path / "study", progress=False)
+    assert time.monotonic() - started < 120
+    from recycler.study import load_study
+
+    study, _ = load_study(tmp_path / "study")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["error"].startswith("ValueError: Target is multiclass") for t in failed)
+    assert all("\n" not in t.user_attrs["error"] for t in failed)
+
+
+def test_a_result_the_driver_cannot_record_fails_its_trial_with_the_reason(tmp_path, local_ray, search_spec):
+    """A trial whose per-example file cannot be written (its path is taken by a folder): the trial
+    fails with that reason and is retried, and once every candidate fails so the search says why."""
+    spec = search_spec(trials=1, workers=1)
+    folder = tmp_path / "study"
+    run_search(spec, folder, progress=False)
+    for number in range(1, 40):
+        (folder / "examples" / f"trial-{number:06d}.json").mkdir()
+    with pytest.raises(RecyclerError, match=r"^every candidate fails the same way .*: recording its result failed: "
+                                            r"IsADirectoryError"):
+        run_search(spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 12})}), folder, progress=False)
+    from recycler.study import load_study
+
+    study, _ = load_study(folder)
+    errors = [t.user_attrs.get("error") for t in study.trials if t.state == TrialState.FAIL]
+    assert errors and all(e.startswith("recording its result failed: IsADirectoryError") for e in errors)
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") is not None]
+    assert retried, "a failed trial is queued again while its retries last"

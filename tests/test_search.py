@@ -200,3 +200,38 @@ def test_a_second_driver_on_a_study_folder_with_a_journal_is_refused_with_one_li
     with folder_lock(folder), pytest.raises(RecyclerError, match="another recycler run .* is running this study"):
         run_search(spec, folder, progress=False)
     assert not load_study(folder)[0].trials[0].state.is_finished()  # the holder's queue was left alone
+
+
+def test_corpus_metrics_held_in_and_held_out_are_searched_and_shown(tmp_path, local_ray, search_spec, capsys):
+    """lm-eval's corpus-level f1 (its per-example value is a pair, its score an aggregate): scored,
+    recorded, on the front, in the report and beside a baseline's answers, per-example values kept
+    as not comparable."""
+    import yaml
+
+    from recycler.compare import with_examples
+    from tests.suites import add_f1_task
+
+    spec = search_spec(trials=5, workers=1)
+    for name in ("pickf1", "pairf1"):
+        add_f1_task(tmp_path / "suite" / "tasks", name, choices=2)
+    suite = yaml.safe_load((tmp_path / "suite" / "suite.yaml").read_text())
+    suite.update(held_in=[{"task": "sums"}, {"task": "pickf1", "metric": "f1"}], held_out=[{"task": "pairf1", "metric": "f1"}])
+    (tmp_path / "suite" / "suite.yaml").write_text(yaml.safe_dump(suite))
+    study = run_search(spec, tmp_path / "study", progress=False)
+    assert finished_trials(study) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    _, info = load_study(tmp_path / "study")
+    records = front_records(study, info, include_all=True)
+    assert all(isinstance(r["scores"]["pickf1"], float) and isinstance(r["scores"]["pairf1"], float) for r in records)
+    results = read_results(tmp_path / "study", 0)
+    assert results["pickf1"]["scores"] == [None] * len(results["pickf1"]["scores"])
+    assert with_examples(tmp_path / "study", records, info, 2)
+    assert main(["front", str(tmp_path / "study"), "--examples", "2"]) in (None, 0)
+    assert "pairf1" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "study")]) in (None, 0)
+
+
+def test_front_of_a_study_without_a_completed_trial_is_a_sentence(tmp_path, search_spec, capsys):
+    prepare_study(search_spec(trials=4), tmp_path / "study")
+    assert main(["front", str(tmp_path / "study")]) in (None, 0)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'study'}: no trial has completed yet (4 waiting)") and "Empty DataFrame" not in out

@@ -52,6 +52,11 @@ def test_defaults():
         ({"search": {"trials": 0}}, "search.trials: Input should be greater than 0"),
         ({"resources": {"workers": -1}}, "resources.workers: Input should be greater than 0"),
         ({"checkpoints": [{"name": "a b", "path": "a"}, {"name": "b", "path": "b"}]}, "checkpoints.0.name: String should match pattern"),
+        # an inline suite's errors are its own, never the reference branch's "should be a valid string"
+        ({"suite": {"name": "s", "held_in": [{"task": "t"}], "held_out": [{"task": "t"}]}}, "suite: held_out.0.task: task 't' is listed twice"),
+        ({"suite": {"name": "s", "held_in": [{"task": "t"}], "heldout": []}}, "suite.heldout: Extra inputs are not permitted"),
+        ({"suite": {"name": "s"}}, "suite.held_in: Field required"),
+        ({"suite": 5}, "suite: a name or a path (text), or a mapping given inline; got int"),
     ],
 )
 def test_errors_name_the_file_and_field(tmp_path, change, expected):
