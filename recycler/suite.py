@@ -125,7 +125,7 @@ def task_yaml_files(task_dir: Path) -> list[Path]:
 
 
 def _task_configs(task_dir: Path, task_code: bool) -> dict[str, dict[str, Any]]:
-    """Every task YAML under task_dir, by task name: read with lm-eval's own loader (which imports
+    """Every task YAML under task_dir, by task name (a group's by its group name): read with lm-eval's own loader (which imports
     each `!function`) when the suite may load code, else with recycler's data-only reader, whose
     finished config lm-eval is handed as it is."""
     if not task_dir.is_dir():
@@ -133,6 +133,9 @@ def _task_configs(task_dir: Path, task_code: bool) -> dict[str, dict[str, Any]]:
     configs = {}
     for path in task_yaml_files(task_dir):
         config = _task_config(path) if task_code else _data_only_task_config(path)
+        if isinstance(config.get("group"), str) and not isinstance(config.get("task"), str):
+            configs[config["group"]] = config  # named, but refused as a suite task (task_specs)
+            continue
         if not isinstance(config.get("task"), str):
             continue
         kwargs = config.get("dataset_kwargs") or {}
@@ -196,6 +199,9 @@ class Suite:
                     specs[task.task] = task.task
                     continue
                 config = _shipped_task_over(task.task, task.data_files, where)
+            elif not isinstance(config.get("task"), str):
+                raise RecyclerError(f"{where}: an lm-eval group of tasks; a suite names tasks, so list its tasks "
+                                    "(held in or held out) one by one")
             elif task.data_files is not None:
                 raise RecyclerError(f"{where}: data_files is for lm-eval's own tasks; a task of task_dir names its data itself")
             files = [Path(f) for f in listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]

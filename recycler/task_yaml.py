@@ -82,6 +82,7 @@ class TaskYaml:
     files: list[TaskFile] = field(default_factory=list)
 
     def functions(self) -> Iterator[tuple[TaskFile, str, int]]:
+        """Each `!function` of every file, with its file and line."""
         for file in self.files:
             for name, line in file.functions:
                 yield file, name, line
@@ -191,6 +192,7 @@ def code_in(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def function_values(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(the key path, joined by dots, and '!function NAME') of each `!function` value under `key`."""
     if isinstance(value, TaskFunction):
         yield key, f"!function {value}"
     elif isinstance(value, dict):

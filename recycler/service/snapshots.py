@@ -27,6 +27,7 @@ from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec, SuiteTask
 from recycler.task_yaml import absolute_data_files
 
+_SafeDumper = yaml.CSafeDumper if getattr(yaml, "__with_libyaml__", False) else yaml.SafeDumper  # 10x faster
 MAX_SNAPSHOT_BYTES = 1 << 30
 MAX_SNAPSHOT_FILES = 1_000
 
@@ -114,7 +115,7 @@ def _snapshot_suite(suite: SuiteSpec, roots: AllowedRoots, folder: Path) -> Suit
             where = f"suite.task_dir: {relative}: dataset_kwargs.data_files"
             config["dataset_kwargs"] = {**kwargs, "data_files": copier.files(kwargs["data_files"], path.parent, where)}
         (task_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        (task_dir / relative).write_text(yaml.safe_dump(config, sort_keys=False))
+        (task_dir / relative).write_text(yaml.dump(config, Dumper=_SafeDumper, sort_keys=False))
     return suite.model_copy(update={**tasks, "task_dir": task_dir, "task_code": False})
 
 
