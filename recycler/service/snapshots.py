@@ -22,7 +22,7 @@ import yaml
 from recycler.errors import RecyclerError, format_bytes
 from recycler.files import open_regular
 from recycler.service.security import AllowedRoots
-from recycler.service.task_check import check_local, check_suite_tasks
+from recycler.service.task_check import GLOB_CHARACTERS, check_local, check_suite_tasks
 from recycler.spec import PoolSpec
 from recycler.suite import SuiteSpec, SuiteTask
 from recycler.task_yaml import absolute_data_files
@@ -49,7 +49,7 @@ class _Copier:
                       if not file.is_dir()]
             if not copies:
                 raise RecyclerError(f"{where}: {value} names no file")
-            return copies[0] if len(copies) == 1 and not set("*?[") & set(value) else copies
+            return copies[0] if len(copies) == 1 and not GLOB_CHARACTERS & set(value) else copies
         if isinstance(value, list):
             return [copy for v in value for copy in _as_list(self.files(v, folder, where))]
         if isinstance(value, dict):

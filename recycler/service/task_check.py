@@ -30,7 +30,7 @@ from recycler.task_yaml import (
     unclassified_in,
 )
 
-_GLOB_CHARACTERS = set("*?[")
+GLOB_CHARACTERS = set("*?[")
 MAX_LISTED = 1_000
 
 
@@ -87,8 +87,8 @@ def check_local(value: str, roots: AllowedRoots, where: str) -> list[Path]:
     if is_url(value):
         raise PathNotAllowed(f"{where}: {value} is not a local path (URLs are refused)")
     path = Path(value).expanduser().absolute()
-    if _GLOB_CHARACTERS & set(value):
-        fixed = next(i for i, part in enumerate(path.parts) if _GLOB_CHARACTERS & set(part))
+    if GLOB_CHARACTERS & set(value):
+        fixed = next(i for i, part in enumerate(path.parts) if GLOB_CHARACTERS & set(part))
         roots.inside(Path(*path.parts[:fixed]), where)
         matches: Iterable[Path] = (Path(m) for m in glob.iglob(str(path), recursive=True))
     else:
