@@ -164,3 +164,31 @@ def test_a_result_the_driver_cannot_record_fails_its_trial_with_the_reason(tmp_p
     assert errors and all(e.startswith("recording its result failed: IsADirectoryError") for e in errors)
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") is not None]
     assert retried, "a failed trial is queued again while its retries last"
+
+
+def test_workers_that_keep_dying_end_the_search_with_one_line(tmp_path, local_ray, search_spec):
+    """Every worker killed while it scores: after more than max(3, 2 x workers) deaths in a row
+    without a result, the search ends with one line instead of replacing workers forever."""
+    spec = search_spec(trials=12, workers=1)
+    outcome: dict = {}
+
+    def search() -> None:
+        try:
+            run_search(spec, tmp_path / "study", progress=False)
+        except RecyclerError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    killed: set[int] = set()
+    deadline = time.time() + 240
+    while thread.is_alive() and time.time() < deadline:
+        for process in _worker_processes():
+            if process.pid not in killed and any(part.startswith("ray::MergeWorker.evaluate") for part in process.info["cmdline"]):
+                killed.add(process.pid)
+                os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    thread.join(timeout=60)
+    assert re.match(r"^workers keep dying: 4 in a row without a result, the last while scoring (trial \d+|baseline '\w+')"
+                    r": worker died", outcome.get("error", "")), outcome
+    assert len(killed) == 4
