@@ -110,12 +110,18 @@ def _print_front(folder: Path, fmt: str, include_all: bool = False, *, where: li
 
 
 def _no_trials_yet(study: Any, folder: Path) -> str:
-    """A sentence for a study with no completed trial: how many it has, by state."""
+    """A sentence for a study with no completed trial: how many it has, by state, and why the last
+    one failed."""
     from collections import Counter
 
-    states = Counter(trial.state.name.lower() for trial in study.trials)
+    from recycler.records import stored_trials
+
+    trials = stored_trials(study)
+    states = Counter(trial.state.name.lower() for trial in trials)
     held = ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no trials"
-    return f"{folder}: no trial has completed yet ({held}); run `recycler run` on its spec to go on"
+    errors = [trial.error for trial in trials if trial.error is not None]
+    last = f"; the last failure: {errors[-1]}" if errors else ""
+    return f"{folder}: no trial has completed yet ({held}; run `recycler run` on its spec to go on){last}"
 
 
 def _cmd_front(args: argparse.Namespace) -> None:

@@ -234,4 +234,4 @@ def test_front_of_a_study_without_a_completed_trial_is_a_sentence(tmp_path, sear
     prepare_study(search_spec(trials=4), tmp_path / "study")
     assert main(["front", str(tmp_path / "study")]) in (None, 0)
     out = capsys.readouterr().out
-    assert out.startswith(f"{tmp_path / 'study'}: no trial has completed yet (4 waiting)") and "Empty DataFrame" not in out
+    assert out.startswith(f"{tmp_path / 'study'}: no trial has completed yet (4 waiting; run `recycler run`") and "Empty DataFrame" not in out
