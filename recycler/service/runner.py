@@ -79,11 +79,14 @@ class Runner:
             check_spec_paths(spec, roots)
             if isinstance(spec.suite, SuiteSpec):
                 check_suite_tasks(spec.suite, roots)
+            outcome = drive_study(spec, self.store.study_folder(row.id), storage=self.storage, address=self._ray_address,
+                                  should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
         except (RecyclerError, PathNotAllowed) as error:
             self.store.finish_study(row.id, "failed", str(error))
             return True
-        outcome = drive_study(spec, self.store.study_folder(row.id), storage=self.storage, address=self._ray_address,
-                              should_stop=lambda: self._stopping.is_set() or self.store.cancel_requested(row.id))
+        except Exception as error:  # noqa: BLE001 - a study that cannot be started fails alone; the runner goes on
+            self.store.finish_study(row.id, "failed", f"{type(error).__name__}: {one_line(error, 400)}")
+            return True
         if outcome.error is not None:
             self.store.finish_study(row.id, "failed", outcome.error)
         elif self.store.cancel_requested(row.id):
