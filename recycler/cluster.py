@@ -104,7 +104,7 @@ class WorkerPool(Generic[Job]):
                 return self._lost(worker, job, error)
             self.idle.append(worker)
             return Finished(job, {"error": _describe(error)}, died=False, raised=True)
-        except ray.exceptions.RayActorError as error:
+        except ray.exceptions.RayError as error:  # the actor died, its node or its result was lost
             return self._lost(worker, job, error)
         self.idle.append(worker)
         return Finished(job, result, died=False)

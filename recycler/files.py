@@ -23,7 +23,10 @@ def open_regular(path: Path, where: str, inside: Callable[[Path], bool] | None =
     roots), the file is opened at its real path without following a further link, and the path the
     kernel reports for the open descriptor must be inside too, so a link swapped in after an earlier
     check leads nowhere."""
-    at = path.resolve() if inside else path
+    try:
+        at = path.resolve() if inside else path
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise RecyclerError(f"{where}: {path} cannot be resolved ({error})") from None
     if inside is not None and not inside(at):
         raise RecyclerError(f"{where}: {path} resolves to {at}, outside the allowed roots")
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if inside else 0)

@@ -315,7 +315,7 @@ class _FailureStreak:
     """Failures since the last recorded result: a search whose every candidate raises the same
     error, or whose workers keep dying, ends with one line instead of retrying forever."""
 
-    workers: int
+    deaths_allowed: int  # in a row: more than one candidate's retries on every worker
     reason: str | None = None  # the failure, without the files and numbers it names
     candidates: list[str] = field(default_factory=list)  # recipes failing with `reason`, in a row
     deaths: int = 0
@@ -327,11 +327,11 @@ class _FailureStreak:
         where = f"trial {job.trial.number}" if job.trial is not None else f"baseline '{job.label}'"
         if died:
             self.deaths += 1
-            if self.deaths > max(3, 2 * self.workers):
+            if self.deaths > self.deaths_allowed:
                 raise RecyclerError(f"workers keep dying: {self.deaths} in a row without a result, the last while "
                                     f"scoring {where}: {reason}")
             return
-        kind = re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "…", reason)  # one failure whatever file or number it names
+        kind = re.sub(r"'[^']*'|\"[^\"]*\"|0x[0-9a-f]+|\d+", "…", reason)  # one failure whatever file, address or number it names
         if kind != self.reason:
             self.reason, self.candidates = kind, []
         recipe = json.dumps(job.recipe.to_json(), sort_keys=True)
@@ -639,7 +639,8 @@ def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | No
         heartbeat = Heartbeat(prepared.storage, spec.resources.heartbeat_seconds)
         bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
         try:
-            _Loop(prepared, spec, workers, bar, heartbeat, should_stop, _FailureStreak(spec.resources.workers)).run()
+            failures = _FailureStreak(max(3, 2 * spec.resources.workers, spec.search.max_retries + 2))
+            _Loop(prepared, spec, workers, bar, heartbeat, should_stop, failures).run()
         finally:
             bar.close()
             heartbeat.close()

@@ -7,6 +7,7 @@ merge generalizes. Task YAMLs are lm-eval's own format over local data files; re
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,16 @@ def _shipped_task_over(name: str, data_files: DataFiles, where: str) -> dict[str
     return config
 
 
+MAX_TASK_YAMLS = 1_000
+
+
 def task_yaml_files(task_dir: Path) -> list[Path]:
-    """The YAML files of a task folder that a suite reads, every one (the service checks the same);
-    one that is not a regular file (a FIFO would block its reader forever) is refused."""
-    files = sorted(task_dir.rglob("*.yaml"))
+    """The YAML files of a task folder that a suite reads, every one (the service checks the same),
+    at most MAX_TASK_YAMLS; one that is not a regular file (a FIFO would block its reader forever)
+    is refused."""
+    files = sorted(itertools.islice(task_dir.rglob("*.yaml"), MAX_TASK_YAMLS + 1))
+    if len(files) > MAX_TASK_YAMLS:
+        raise RecyclerError(f"{task_dir}: more than {MAX_TASK_YAMLS} task YAMLs in the task folder")
     for file in files:
         if file.exists() and not file.is_file():
             raise RecyclerError(f"{file}: a task YAML that is not a regular file")

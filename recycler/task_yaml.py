@@ -56,7 +56,8 @@ FEWSHOT_KEYS: dict[str, KeyKind] = {
     **dict.fromkeys(("doc_to_text", "doc_to_target", "doc_to_choice"), KeyKind.TEMPLATE),
     "process_docs": KeyKind.CODE,
 }
-DATASET_KWARGS = ("data_files", "data_dir", "field", "delimiter", "sep", "column_names", "encoding")
+# data_dir is not among them: `datasets` lists that folder when the study runs, after the submission's copy
+DATASET_KWARGS = ("data_files", "field", "delimiter", "sep", "column_names", "encoding")
 _LM_EVAL_GENERATION_KEYS = ("until", "max_gen_toks")  # lm-eval's own, taken out before `generate`
 
 
@@ -112,8 +113,8 @@ for _tag in ("set", "omap", "pairs"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refused_tag)
 
 
-def _read(path: Path, where: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    text = read_text_file(path, where)
+def _read(path: Path, where: str, inside: Callable[[Path], bool] | None) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    text = read_text_file(path, where, inside=inside)
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -126,29 +127,32 @@ def _read(path: Path, where: str) -> tuple[dict[str, Any], list[tuple[str, int]]
     return data, loader.functions
 
 
-def read_task_yaml(path: Path, where: str, opening: Callable[[Path, str], Path] = lambda path, _: path) -> TaskYaml:
+def read_task_yaml(path: Path, where: str, opening: Callable[[Path, str], Path] = lambda path, _: path,
+                   inside: Callable[[Path], bool] | None = None) -> TaskYaml:
     """The task YAML at `path` with its includes merged as lm-eval merges them. `opening(path,
-    where)` is called on every file before it is read and gives the path to read (the service
-    checks it lies inside its roots)."""
+    where)` is called on every file before it is read and gives the path to read, and `inside` is
+    checked again on the open file (the service's roots: recycler.files.open_regular)."""
     files: list[TaskFile] = []
-    config = _merged(path, None, where, opening, files, set())
+    config = _merged(path, None, where, (opening, inside), files, set())
     return TaskYaml(config, files)
 
 
-def _merged(path: Path, written: str | None, where: str, opening: Callable[[Path, str], Path],
+def _merged(path: Path, written: str | None, where: str,
+            checks: tuple[Callable[[Path, str], Path], Callable[[Path], bool] | None],
             files: list[TaskFile], seen: set[Path]) -> dict[str, Any]:
     at = where if written is None else f"{where}: include {written}"
+    opening, inside = checks
     resolved = opening(path, at).resolve()
     if resolved in seen:
         raise RecyclerError(f"{where}: include cycle at {path}")
     seen.add(resolved)
-    data, functions = _read(resolved, at)
+    data, functions = _read(resolved, at, inside)
     includes = data.pop("include", None)
     merged: dict[str, Any] = {}
     for include in includes if isinstance(includes, list) else [] if includes is None else [includes]:
         target = Path(str(include))
         included = _merged(target if target.is_absolute() else resolved.parent / target, str(include), where,
-                           opening, files, seen)
+                           checks, files, seen)
         included.pop("task_list", None)
         merged.update(included)
     files.append(TaskFile(written, resolved, functions))

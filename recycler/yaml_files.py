@@ -9,6 +9,7 @@ before any value is constructed."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,16 @@ def _check_expanded_size(root: yaml.Node) -> None:
         sizes[id(node)] = size
 
 
-def read_text_file(path: Path, where: str, limit: int = MAX_YAML_BYTES) -> str:
-    """A regular file's text (checked on the descriptor that reads it, never blocking on a FIFO)."""
-    with os.fdopen(open_regular(path, where), "rb") as file:
+def read_text_file(path: Path, where: str, limit: int = MAX_YAML_BYTES, inside: Callable[[Path], bool] | None = None) -> str:
+    """A regular file's text, at most `limit` bytes (checked on the descriptor that reads it, never
+    blocking on a FIFO; with `inside`, as recycler.files.open_regular checks it)."""
+    with os.fdopen(open_regular(path, where, inside), "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size > limit:
-            raise RecyclerError(f"{where}: {size} bytes, more than the {limit} a YAML file may have")
+            raise RecyclerError(f"{where}: {size} bytes, more than the {limit} allowed")
         data = file.read(limit + 1)
     if len(data) > limit:  # it grew after the size was read
-        raise RecyclerError(f"{where}: more than the {limit} bytes a YAML file may have")
+        raise RecyclerError(f"{where}: more than the {limit} bytes allowed")
     try:
         return data.decode()
     except UnicodeDecodeError:

@@ -167,8 +167,9 @@ def test_a_result_the_driver_cannot_record_fails_its_trial_with_the_reason(tmp_p
 
 
 def test_workers_that_keep_dying_end_the_search_with_one_line(tmp_path, local_ray, search_spec):
-    """Every worker killed while it scores: after more than max(3, 2 x workers) deaths in a row
-    without a result, the search ends with one line instead of replacing workers forever."""
+    """Every worker killed while it scores: after more than max(3, 2 x workers, max_retries + 2)
+    deaths in a row without a result, the search ends with one line instead of replacing workers
+    forever."""
     spec = search_spec(trials=12, workers=1)
     outcome: dict = {}
 
@@ -189,6 +190,6 @@ def test_workers_that_keep_dying_end_the_search_with_one_line(tmp_path, local_ra
                 os.kill(process.pid, signal.SIGKILL)
         time.sleep(0.05)
     thread.join(timeout=60)
-    assert re.match(r"^workers keep dying: 4 in a row without a result, the last while scoring (trial \d+|baseline '\w+')"
+    assert re.match(r"^workers keep dying: 5 in a row without a result, the last while scoring (trial \d+|baseline '\w+')"
                     r": worker died", outcome.get("error", "")), outcome
-    assert len(killed) == 4
+    assert len(killed) == 5

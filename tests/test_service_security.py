@@ -150,3 +150,45 @@ def test_checkpoint_files_that_lead_outside_the_roots_are_refused(client, tmp_pa
             (ckpt / "config.json.real").rename(ckpt / "config.json")
     assert client.get("/api/studies", headers=AUTH).json() == []
     check_checkpoint_files(ckpt, AllowedRoots([tmp_path / "pool"]), "checkpoints.1.path")  # restored, it passes
+
+
+def test_the_service_data_folder_is_private_even_inside_a_root(tmp_path, pool_spec):
+    """`recycler serve`'s defaults put DATA inside the allowed root: a suite naming the token file
+    as its data, or an export into DATA, is refused, and the token is never shown back."""
+    spec = pool_spec(trials=4)
+    data = tmp_path / "pool" / "service-data"
+    app = create_app(ServiceConfig(data=data, roots=[tmp_path / "pool"], token=TOKEN, runner=False))
+    (data / "token").write_text("SERVICE-SECRET\n")
+    tasks = tmp_path / "pool" / "suite" / "tasks"
+    (tasks / "sums.yaml").write_text((tasks / "sums.yaml").read_text()
+                                     + f"dataset_kwargs:\n  data_files:\n    test: {data / 'token'}\n")
+    with TestClient(app) as client:
+        response = client.post("/api/studies", json={"spec": spec, "root": str(tmp_path / "pool")}, headers=AUTH)
+        assert response.status_code == 403 and "outside the allowed roots" in response.json()["detail"]
+        assert "SERVICE-SECRET" not in response.text
+        response = client.post("/api/studies/x/exports", json={"trial": 0, "out": str(data / "export")}, headers=AUTH)
+        assert response.status_code == 403 and response.json()["detail"].startswith("out: ")
+    assert not (data / "export").exists() and not list((data / "suites").glob("*"))
+
+
+def test_an_export_manifest_swapped_for_a_link_or_a_fifo_is_one_line(client, tmp_path):
+    """The export folder lies in a root others may write: its manifest is read checked and bounded."""
+    import time
+
+    store = client.app.state.service.store
+    study = store.add_study("s", "{}", 1)
+    out = tmp_path / "pool" / "export"
+    out.mkdir()
+    (tmp_path / "outside" / "other.json").write_text('{"secret": "OUTSIDE-JSON"}')
+    cases = {"a link outside": lambda: (out / "manifest.json").symlink_to(tmp_path / "outside" / "other.json"),
+             "a FIFO": lambda: os.mkfifo(out / "manifest.json")}
+    for label, make in cases.items():
+        (out / "manifest.json").unlink(missing_ok=True)
+        make()
+        export = store.add_export(study.id, 0, str(out))
+        store.finish_export(export.id, "done")
+        started = time.monotonic()
+        response = client.get(f"/api/studies/{study.id}/exports/{export.id}", headers=AUTH)
+        assert time.monotonic() - started < 1.0, label
+        assert response.status_code == 422 and "OUTSIDE-JSON" not in response.text, (label, response.text)
+        assert "manifest.json" in response.json()["detail"] and "\n" not in response.json()["detail"]

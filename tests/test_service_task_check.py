@@ -95,7 +95,6 @@ def test_task_files_outside_the_roots_are_refused(tmp_path, setup):
         "a list of files": ("dataset_kwargs:\n  data_files: [data/sums.jsonl, /etc/hostname]\n", "dataset_kwargs.data_files"),
         "a glob": (escape.format("data/*/*.jsonl"), "dataset_kwargs.data_files"),
         "a URL": (escape.format("file:///etc/hostname"), "not a local path"),
-        "a data folder": ("dataset_kwargs:\n  data_dir: /etc\n", "dataset_kwargs.data_dir"),
         "a dataset folder": (f"dataset_path: {outside}\n", "dataset_path"),
         "an include outside": (f"include: {outside / 'base.yaml'}\n", "include"),
     }

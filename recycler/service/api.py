@@ -73,6 +73,7 @@ def _address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+MAX_MANIFEST_BYTES = 16 << 20
 ServiceDep = Annotated[Service, Depends(_service)]
 Submitter = Annotated[Caller, _scope("submit")]
 Exporter = Annotated[Caller, _scope("export")]
@@ -223,7 +224,7 @@ def start_export(study_id: str, body: ExportRequest, service: ServiceDep, caller
     service.audit.record(caller.name, "export", f"study {study_id} trial {body.trial} to {out} (export {export.id})",
                          _address(request))
     service.runner.wake("exports")
-    return _export_status(export)
+    return _export_status(export, service.roots)
 
 
 @router.get("/studies/{study_id}/exports/{export_id}", response_model=ExportStatus)
@@ -231,7 +232,7 @@ def get_export(study_id: str, export_id: str, service: ServiceDep) -> ExportStat
     export = service.store.export(export_id)
     if export is None or export.study_id != study_id:
         raise HTTPException(404, f"no export '{export_id}' of study '{study_id}'")
-    return _export_status(export)
+    return _export_status(export, service.roots)
 
 
 @router.get("/audit", response_model=list[AuditEntry])
@@ -268,11 +269,20 @@ def _front_document(folder: Path, include_all: bool, examples: int | None = None
     return front_document(info, with_examples(folder, records, info, examples, beside))
 
 
-def _export_status(row: ExportRow) -> ExportStatus:
+def _export_status(row: ExportRow, roots: AllowedRoots) -> ExportStatus:
+    """The export's state, with its manifest once done: read from the export folder, which lies in a
+    root others may write, so checked where it is opened and bounded."""
     from recycler.export import MANIFEST_FILE
+    from recycler.yaml_files import read_text_file
 
     manifest = None
     if row.state == "done":
-        manifest = json.loads((Path(row.out) / MANIFEST_FILE).read_text())
+        where = f"export {row.id}: {MANIFEST_FILE}"
+        try:
+            manifest = json.loads(read_text_file(Path(row.out) / MANIFEST_FILE, where, MAX_MANIFEST_BYTES, roots.contains))
+        except ValueError:
+            raise RecyclerError(f"{where}: not the manifest the export wrote (not JSON)") from None
+        if not isinstance(manifest, dict):
+            raise RecyclerError(f"{where}: not the manifest the export wrote")
     return ExportStatus(id=row.id, study_id=row.study_id, trial=row.trial, out=row.out, state=row.state,
                         error=row.error, manifest=manifest)

@@ -46,7 +46,7 @@ class ServiceConfig:
 
 def create_app(config: ServiceConfig) -> FastAPI:
     store = Store(config.data)
-    roots = AllowedRoots(config.roots, config.trust_task_code)
+    roots = AllowedRoots(config.roots, config.trust_task_code, private=[config.data])  # a root may hold DATA
     runner = Runner(store, roots, address=config.address, storage=config.storage)
 
     @asynccontextmanager

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -32,9 +34,11 @@ class Outcome:
 
 
 def drive_study(spec: PoolSpec, folder: Path, *, storage: str | None, address: str | None,
-                should_stop: Callable[[], bool]) -> Outcome:
+                should_stop: Callable[[], bool], grace_seconds: float = 90.0) -> Outcome:
     """Run the study's search in a child process until it ends; `should_stop`, polled meanwhile,
-    asks it to end after the trials in flight."""
+    asks it to end after the trials in flight, and a child still running `grace_seconds` later (a
+    template or a filter that never returns) is killed: its trials in flight are queued again on
+    the next start."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     receive, send = context.Pipe(duplex=False)
@@ -42,19 +46,38 @@ def drive_study(spec: PoolSpec, folder: Path, *, storage: str | None, address: s
                             name=f"recycler-study-{folder.name}")
     child.start()
     send.close()
+    stopped_at: float | None = None
     try:
-        while not receive.poll(_POLL_SECONDS):
-            if not child.is_alive():
-                break
-            if should_stop():
+        while not receive.poll(_POLL_SECONDS) and child.is_alive():
+            if stopped_at is None and should_stop():
                 stop.set()
-        outcome = receive.recv() if receive.poll() else None
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at > grace_seconds:
+                break
+        outcome = _received(receive)
     finally:
-        child.join()
+        _end(child)
         receive.close()
     if outcome is None:
-        return Outcome(error=f"the study's driver process ended without an outcome (exit code {child.exitcode})")
+        ended = "was killed after it was asked to stop" if stopped_at is not None else f"ended (exit code {child.exitcode})"
+        return Outcome(error=f"the study's driver process {ended} without an outcome")
     return outcome
+
+
+def _received(receive: Connection) -> Outcome | None:
+    try:
+        return receive.recv() if receive.poll() else None
+    except (EOFError, OSError):  # the child died without sending
+        return None
+
+
+def _end(child: BaseProcess) -> None:
+    """Join the child; one that does not end is terminated, then killed."""
+    for end in (lambda: None, child.terminate, child.kill):
+        end()
+        child.join(10)
+        if not child.is_alive():
+            return
 
 
 def _child(spec_json: str, folder: str, storage: str | None, address: str | None, stop: Event, send: Connection) -> None:

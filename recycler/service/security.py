@@ -11,7 +11,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recycler.errors import RecyclerError
+from recycler.errors import RecyclerError, one_line
 
 TOKEN_ENV = "RECYCLER_TOKEN"
 MAX_BODY_BYTES = 1 << 20
@@ -41,25 +41,29 @@ def load_token(path: Path) -> tuple[str, bool]:
 
 
 class AllowedRoots:
-    """Folders under which requests may name checkpoints, suites and export targets, and those of
-    them whose lm-eval task folders may load Python (`code`).
+    """Folders under which requests may name checkpoints, suites and export targets, those of them
+    whose lm-eval task folders may load Python (`code`), and folders never allowed even inside a
+    root (`private`: the service's own data, its token, other users' suite copies).
 
     A path is checked after Path.resolve(), which collapses `..` and follows symlinks, so neither
     escapes a root; `..` in a path a request writes is refused outright.
     """
 
-    def __init__(self, roots: Iterable[Path], code: Iterable[Path] = ()) -> None:
+    def __init__(self, roots: Iterable[Path], code: Iterable[Path] = (), private: Iterable[Path] = (),
+                 own: Iterable[Path] = ()) -> None:
         self.roots = [Path(r).expanduser().resolve() for r in roots]
         if not self.roots:
             raise ValueError("at least one allowed root is needed")
+        self.private = [Path(r).expanduser().resolve() for r in private]
+        self.own = [Path(r).expanduser().resolve() for r in own]  # the service's own folders, allowed to it
         self.code = [Path(r).expanduser().resolve() for r in code]
         for root in self.code:
             if not self._allowed(root):
                 raise RecyclerError(f"--trust-task-code {root}: not under an allowed root ({self._listed()})")
 
     def with_folder(self, folder: Path) -> AllowedRoots:
-        """These roots and one more folder (the service's own copies of submitted suites)."""
-        return AllowedRoots([*self.roots, folder], self.code)
+        """These roots and one of the service's own folders (its copies of submitted suites)."""
+        return AllowedRoots(self.roots, self.code, self.private, [*self.own, folder])
 
     def check(self, path: str | Path, what: str) -> Path:
         """The resolved path, or PathNotAllowed naming `what`; nothing under it is read."""
@@ -72,7 +76,10 @@ class AllowedRoots:
 
     def inside(self, path: Path, what: str) -> Path:
         """An absolute path, resolved (symlinks followed), or PathNotAllowed naming `what`."""
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as error:  # a symlink loop
+            raise PathNotAllowed(f"{what}: {path} cannot be resolved ({one_line(error, 100)})") from None
         if not self._allowed(resolved):
             raise PathNotAllowed(f"{what}: {path} is outside the allowed roots ({self._listed()})")
         return resolved
@@ -87,6 +94,10 @@ class AllowedRoots:
         return self._allowed(resolved)
 
     def _allowed(self, resolved: Path) -> bool:
+        if any(resolved.is_relative_to(folder) for folder in self.own):
+            return True
+        if any(resolved.is_relative_to(folder) for folder in self.private):
+            return False
         return any(resolved.is_relative_to(root) for root in self.roots)
 
     def _listed(self) -> str:

@@ -12,6 +12,7 @@ when the study starts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,7 +63,7 @@ class _Copier:
         if len(self.copies) == MAX_SNAPSHOT_FILES:
             raise RecyclerError(f"{where}: the suite names more than {MAX_SNAPSHOT_FILES} files, the most a submitted "
                                 "suite may copy")
-        target = self.data / f"{len(self.copies)}-{file.name}"
+        target = self.data / f"{len(self.copies)}-{re.sub(r'[^A-Za-z0-9._-]', '_', file.name)}"  # never a pattern
         descriptor = open_regular(file, where, self.roots.contains)
         with os.fdopen(descriptor, "rb") as source, open(target, "xb") as copy:
             if os.fstat(source.fileno()).st_nlink > 1:

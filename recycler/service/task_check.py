@@ -50,7 +50,7 @@ def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> dict[Path, TaskY
     finished = {}
     for path in task_yaml_files(suite.task_dir):
         relative = path.relative_to(suite.task_dir)
-        task = read_task_yaml(path, f"suite.task_dir: {relative}", roots.inside)
+        task = read_task_yaml(path, f"suite.task_dir: {relative}", roots.inside, roots.contains)
         name = task.config.get("task") if isinstance(task.config.get("task"), str) else path.name
         where = f"suite.task_dir: task '{name}' ({relative})"
         keys = {what: key for key, what in function_values(task.config, "")}
@@ -87,10 +87,12 @@ def check_local(value: str, roots: AllowedRoots, where: str) -> list[Path]:
     if is_url(value):
         raise PathNotAllowed(f"{where}: {value} is not a local path (URLs are refused)")
     path = Path(value).expanduser().absolute()
+    if "**" in value:  # a recursive pattern walks without bound (and through symlink loops)
+        raise RecyclerError(f"{where}: {value}: '**' is not allowed; name each folder level (a '*' per level)")
     if GLOB_CHARACTERS & set(value):
         fixed = next(i for i, part in enumerate(path.parts) if GLOB_CHARACTERS & set(part))
         roots.inside(Path(*path.parts[:fixed]), where)
-        matches: Iterable[Path] = (Path(m) for m in glob.iglob(str(path), recursive=True))
+        matches: Iterable[Path] = (Path(m) for m in glob.iglob(str(path)))
     else:
         matches = [path]
     files = []
