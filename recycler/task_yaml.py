@@ -40,20 +40,20 @@ class KeyKind(Enum):
 
 TASK_KEYS: dict[str, KeyKind] = {
     **dict.fromkeys(("task", "task_alias", "tag", "group", "group_alias", "aggregate_metric_list", "dataset_name",
-                     "training_split", "validation_split", "test_split", "fewshot_split", "description",
+                     "training_split", "validation_split", "test_split", "fewshot_split",
                      "target_delimiter", "fewshot_delimiter", "num_fewshot", "output_type", "repeats",
-                     "should_decontaminate", "gen_prefix", "metadata", "metric_list", "generation_kwargs",
+                     "should_decontaminate", "metadata", "metric_list", "generation_kwargs",
                      "filter_list", "fewshot_config"), KeyKind.DATA),
     **dict.fromkeys(("doc_to_text", "doc_to_target", "doc_to_choice", "doc_to_image", "doc_to_audio",
-                     "doc_to_decontamination_query"), KeyKind.TEMPLATE),
+                     "doc_to_decontamination_query", "description", "gen_prefix"), KeyKind.TEMPLATE),
     **dict.fromkeys(("dataset_path", "dataset_kwargs"), KeyKind.PATH),
     **dict.fromkeys(("class", "custom_dataset", "process_docs", "process_results", "use_prompt", "unsafe_code",
                      "task_list"), KeyKind.CODE),
 }
 FEWSHOT_KEYS: dict[str, KeyKind] = {
-    **dict.fromkeys(("sampler", "split", "fewshot_indices", "samples", "gen_prefix", "fewshot_delimiter",
-                     "target_delimiter"), KeyKind.DATA),
-    **dict.fromkeys(("doc_to_text", "doc_to_target", "doc_to_choice"), KeyKind.TEMPLATE),
+    **dict.fromkeys(("sampler", "split", "fewshot_indices", "samples", "fewshot_delimiter", "target_delimiter"),
+                    KeyKind.DATA),
+    **dict.fromkeys(("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix"), KeyKind.TEMPLATE),
     "process_docs": KeyKind.CODE,
 }
 # data_dir is not among them: `datasets` lists that folder when the study runs, after the submission's copy
@@ -239,7 +239,8 @@ def opened_paths(config: dict[str, Any], folder: Path) -> Iterator[tuple[str, st
     for file in listed_files(kwargs.get("data_files")):
         yield "dataset_kwargs.data_files", file if is_url(file) else absolute_data_files(file, folder)
     path = config.get("dataset_path")
-    local = isinstance(path, str) and (os.path.isabs(path) or path.startswith((".", "~")) or Path(path).exists())
+    local = isinstance(path, str) and path not in PACKAGED_BUILDERS and (
+        os.path.isabs(path) or path.startswith((".", "~")) or Path(path).exists())
     for key in ("data_dir", "cache_dir"):
         if isinstance(kwargs.get(key), str):
             value = kwargs[key]
