@@ -192,4 +192,4 @@ def test_workers_that_keep_dying_end_the_search_with_one_line(tmp_path, local_ra
     thread.join(timeout=60)
     assert re.match(r"^workers keep dying: 5 in a row without a result, the last while scoring (trial \d+|baseline '\w+')"
                     r": worker died", outcome.get("error", "")), outcome
-    assert len(killed) == 5
+    assert len(killed) >= 5  # a replacement may start scoring, and be killed, before the fifth death is recorded
