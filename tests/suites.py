@@ -27,10 +27,13 @@ metric_list:
   - {{metric: perplexity, aggregation: perplexity, higher_is_better: false}}
 """
 
-CHOICE_TASK = _DATA + """\
+CHOICE_TASK_HEAD = _DATA + """\
 output_type: multiple_choice
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: "{{{{label}}}}"
+"""  # a multiple-choice task without its metric_list
+
+CHOICE_TASK = CHOICE_TASK_HEAD + """\
 metric_list:
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
   - {{metric: acc_norm, aggregation: mean, higher_is_better: true}}

@@ -19,24 +19,11 @@ import yaml
 
 from recycler.demo.tiny import CHARS
 from recycler.demo.tokenizer import build_char_tokenizer
-from tests.suites import write_tasks
+from tests.suites import CHOICE_TASK_HEAD, write_tasks
 
 EXAMPLES = 12  # examples per task: tiny data keeps each study a few seconds
 
-_MC = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{label}}}}"
-target_delimiter: ""
-metric_list:
-{metrics}"""
+_MC = CHOICE_TASK_HEAD + "metric_list:\n{metrics}"
 
 _METRIC = "  - {{metric: {name}, aggregation: {aggregation}, higher_is_better: true}}\n"
 
