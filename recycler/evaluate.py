@@ -18,7 +18,7 @@ import torch
 
 from recycler.engine import EvaluationEngine
 from recycler.library_seams import apply_filters_to
-from recycler.suite import Suite, SuiteTask
+from recycler.suite import Suite, SuiteTask, is_group, members
 
 # Example indices by task, in the suite's example order: what a screening stage scores.
 Selection = Mapping[str, Collection[int]]
@@ -36,6 +36,13 @@ class TaskExamples:
     def to_json(self) -> dict[str, list]:
         optional = {"answers": self.answers, "indices": self.indices}
         return {"scores": self.scores, **{key: value for key, value in optional.items() if value is not None}}
+
+    @staticmethod
+    def joined(parts: list[TaskExamples]) -> TaskExamples:
+        """A group's examples: its members' one after another (as Suite.example_texts lists their
+        prompts), with answers where every member has them."""
+        answers = [a for part in parts for a in part.answers] if all(part.answers is not None for part in parts) else None
+        return TaskExamples([score for part in parts for score in part.scores], answers)
 
 
 @dataclass(frozen=True)
@@ -62,17 +69,17 @@ class Scorer:
         self._requests: dict[str, list[Any]] = defaultdict(list)
         chat = suite.spec.apply_chat_template
         for spec in suite.tasks:
-            task = self.tasks[spec.task]
-            task.build_all_requests(  # as lm-eval's own evaluate() builds them
-                limit=suite.limit(spec), rank=0, world_size=1,
-                system_instruction=suite.spec.system_instruction,
-                apply_chat_template=chat,
-                fewshot_as_multiturn=suite.spec.fewshot_as_multiturn,
-                chat_template=self.lm.apply_chat_template if chat else None,
-                tokenizer_name=self.lm.tokenizer_name if chat else "",
-            )
-            for instance in task.instances:
-                self._requests[instance.request_type].append(instance)
+            for task in members(self.tasks[spec.task]):
+                task.build_all_requests(  # as lm-eval's own evaluate() builds them
+                    limit=suite.limit(spec), rank=0, world_size=1,
+                    system_instruction=suite.spec.system_instruction,
+                    apply_chat_template=chat,
+                    fewshot_as_multiturn=suite.spec.fewshot_as_multiturn,
+                    chat_template=self.lm.apply_chat_template if chat else None,
+                    tokenizer_name=self.lm.tokenizer_name if chat else "",
+                )
+                for instance in task.instances:
+                    self._requests[instance.request_type].append(instance)
 
     @torch.no_grad()
     def score(self, examples: Selection | None = None) -> SuiteScores:
@@ -100,9 +107,20 @@ class Scorer:
         )
 
     def _aggregate(self, spec: SuiteTask, chosen: set[int] | None) -> tuple[float, TaskExamples]:
-        """The task's score as lm-eval aggregates it over the examples scored (all, or `chosen`),
-        and each one's value of the metric."""
+        """The suite task's score as lm-eval aggregates it over the examples scored (all, or
+        `chosen`), and each one's value of the metric; a group's (never screened: search refuses
+        it) from all its members' examples, as lm-eval puts a group's score together."""
         task = self.tasks[spec.task]
+        if is_group(task):
+            parts = [self._examples(member, spec, None) for member in members(task)]
+            return (self.suite.aggregate_group(task, spec, [values for values, _ in parts]),
+                    TaskExamples.joined([examples for _, examples in parts]))
+        values, examples = self._examples(task, spec, chosen)
+        return self.suite.aggregate(task, spec, values), examples
+
+    def _examples(self, task: Any, spec: SuiteTask, chosen: set[int] | None) -> tuple[list[Any], TaskExamples]:
+        """One lm-eval task's values of the suite task's metric, per example scored (all, or
+        `chosen`), for its aggregation, and as the per-example results report them."""
         scored = [i for i in task.instances if chosen is None or i.doc_id in chosen]
         apply_filters_to(task, scored)
         metric, _, filter_key = spec.metric.partition(",")
@@ -121,5 +139,4 @@ class Scorer:
         generated = task.get_config("output_type") == "generate_until"
         indices = None if chosen is None else [i for i, _ in docs]
         per_example = [float(v) if isinstance(v, (int, float)) else None for v in values]  # corpus metrics (bleu, f1) keep pairs
-        examples = TaskExamples(per_example, answers if generated else None, indices)
-        return self.suite.aggregate(task, spec, values), examples
+        return values, TaskExamples(per_example, answers if generated else None, indices)

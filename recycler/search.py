@@ -74,7 +74,7 @@ from recycler.screening import FrontMember, Screening, choose_subset, merge_stag
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
-from recycler.suite import Suite, load_suite
+from recycler.suite import Suite, is_group, load_suite
 
 DEFAULT_SAMPLER = "TPESampler"
 
@@ -97,8 +97,8 @@ def _objectives(spec: PoolSpec, suite: Suite, tasks: dict[str, Any]) -> tuple[li
     for name in objectives:
         if name not in suite.held_in:
             raise RecyclerError(f"objectives: '{name}' is not a held-in task of suite '{suite.spec.name}' ({', '.join(suite.held_in)})")
-    metric = {t.task: t.metric.split(",")[0] for t in suite.tasks}
-    directions = ["maximize" if tasks[o].higher_is_better().get(metric[o], True) else "minimize" for o in objectives]
+    held_in = {t.task: t for t in suite.spec.held_in}
+    directions = ["maximize" if suite.higher_is_better(tasks[o], held_in[o]) else "minimize" for o in objectives]
     return objectives, directions, suite.held_out
 
 
@@ -170,8 +170,12 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
 
 
 def _check_screenable(suite: Suite, tasks: dict[str, Any]) -> None:
-    """Screening puts a score together from per-example numbers; a corpus metric has none."""
+    """Screening puts a score together from per-example numbers; a corpus metric has none, and a
+    group's are its members' (stages of a group are not put together)."""
     for task in suite.tasks:
+        if is_group(tasks[task.task]):
+            raise RecyclerError(f"search.fidelity: task '{task.task}' is an lm-eval group; screening puts a score "
+                                "together from one task's examples, not from a group's members; remove fidelity or the task")
         if not suite.aggregated_per_example(tasks[task.task], task):
             raise RecyclerError(f"search.fidelity: task '{task.task}' ({task.metric}) is a corpus metric, not one number "
                                 "per example, so screened stages cannot be put together; remove fidelity or the task")

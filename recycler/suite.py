@@ -2,13 +2,14 @@
 
 Held-in tasks are the search's objectives; held-out tasks are only reported, to show whether a
 merge generalizes. Task YAMLs are lm-eval's own format over local data files; relative
-`data_files` resolve against the YAML's folder so a suite can live anywhere.
+`data_files` resolve against the YAML's folder so a suite can live anywhere. A suite task may also
+name an lm-eval group of task_dir's tasks, scored as lm-eval scores the group.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,11 @@ def task_yaml_files(task_dir: Path) -> list[Path]:
     return files
 
 
+def _is_group_config(config: dict[str, Any]) -> bool:
+    """Whether a task YAML's config is an lm-eval group (a name over a `task` list), as suites read it."""
+    return isinstance(config.get("group"), str) and not isinstance(config.get("task"), str)
+
+
 def _task_configs(task_dir: Path, task_code: bool) -> dict[str, dict[str, Any]]:
     """Every task YAML under task_dir, by task name (a group's by its group name): read with lm-eval's own loader (which imports
     each `!function`) when the suite may load code, else with recycler's data-only reader, whose
@@ -140,8 +146,8 @@ def _task_configs(task_dir: Path, task_code: bool) -> dict[str, dict[str, Any]]:
     configs = {}
     for path in task_yaml_files(task_dir):
         config = _task_config(path) if task_code else _data_only_task_config(path)
-        if isinstance(config.get("group"), str) and not isinstance(config.get("task"), str):
-            configs[config["group"]] = config  # named, but refused as a suite task (task_specs)
+        if _is_group_config(config):
+            configs[config["group"]] = config
             continue
         if not isinstance(config.get("task"), str):
             continue
@@ -164,9 +170,76 @@ def _data_only_task_config(path: Path) -> dict[str, Any]:
     for file, name, line in task.functions():
         raise RecyclerError(f"{file.path}: line {line}: !function {name} in a suite read as data only (task_code: false)")
     problem = data_only_problem(task.config)
-    if problem is not None and isinstance(task.config.get("task"), str):
+    if problem is not None and (isinstance(task.config.get("task"), str) or _is_group_config(task.config)):
         raise RecyclerError(f"{path}: {problem} (the suite is read as data only: task_code: false)")
     return task.config
+
+
+def _check_data_files(config: dict[str, Any], where: str) -> None:
+    """A local task's data files exist and hold something."""
+    files = [Path(f) for f in listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
+    for file in files:
+        if not file.is_file():
+            raise RecyclerError(f"{where}: data file {file} does not exist")
+    if files and all(file.stat().st_size == 0 for file in files):
+        raise RecyclerError(f"{where}: has no examples (its data files are empty)")
+
+
+def _group_spec(config: dict[str, Any], local: dict[str, dict[str, Any]], scored: set[str], where: str) -> dict[str, Any]:
+    """A group of task_dir with its members' configs, in its order, as a suite scores it: each member
+    a plain task YAML of task_dir that the suite scores nowhere else (added to `scored`), checked for
+    data; the group sets nothing on its members (lm-eval would apply a task key of a group to each)."""
+    from lm_eval.config.group import GroupConfig
+
+    own = [f.name for f in fields(GroupConfig)]
+    if other := sorted(set(config) - set(own)):
+        raise RecyclerError(f"{where}: the group sets {', '.join(other)}, which a suite's group may not (only "
+                            f"{', '.join(own)}); set them in its members' YAMLs")
+    names = config.get("task")
+    if not isinstance(names, list) or not names:
+        raise RecyclerError(f"{where}: the group's `task` must list its members' task names")
+    configs = []
+    for name in names:
+        if not isinstance(name, str):
+            raise RecyclerError(f"{where}: the group's `task` list holds an inline {type(name).__name__}; a suite's "
+                                "group names task YAMLs of task_dir")
+        at = f"{where}: member '{name}'"
+        member = local.get(name)
+        if member is None:
+            raise RecyclerError(f"{at}: not a task YAML of task_dir (a suite's group names those, not lm-eval tags or "
+                                "lm-eval's own tasks)")
+        if _is_group_config(member):
+            raise RecyclerError(f"{at}: a group itself; a suite's group names tasks, not nested groups")
+        if name in scored:
+            raise RecyclerError(f"{at}: scored elsewhere in the suite too (by itself or in another group); a suite "
+                                "scores each lm-eval task once")
+        scored.add(name)
+        _check_data_files(member, at)
+        configs.append(member)
+    return {**config, "task": configs}
+
+
+def _group_metric(group: Any, spec: SuiteTask) -> Any:
+    """The entry of a group's aggregate_metric_list by which lm-eval scores the group on the suite
+    task's metric (a mean of its members' scores, filter 'none' unless the metric names one), or None."""
+    from lm_eval.config.group import AggMetricConfig
+
+    metric, _, filter_key = spec.metric.partition(",")
+    return next((entry for entry in group.aggregate_metric_list or []
+                 if isinstance(entry, AggMetricConfig) and entry.metric == metric and entry.aggregation == "mean"
+                 and (entry.filter_list is None or (filter_key or "none") in entry.filter_list)), None)
+
+
+def is_group(task: Any) -> bool:
+    """Whether a built suite task is an lm-eval group."""
+    from lm_eval.api.group import Group
+
+    return isinstance(task, Group)
+
+
+def members(task: Any) -> list[Any]:
+    """The lm-eval tasks a built suite task scores: the task itself, or a group's members in order."""
+    return task.get_all_tasks() if is_group(task) else [task]
 
 
 @dataclass(frozen=True)
@@ -192,9 +265,11 @@ class Suite:
         return task.limit or self.spec.limit
 
     def task_specs(self) -> dict[str, dict[str, Any] | str]:
-        """What lm-eval loads, by task: a config dict for a local task YAML, or the name of one of
-        lm-eval's own tasks. Local data files are checked here, so their errors name the task."""
+        """What lm-eval loads, by task: a config dict for a local task YAML (a group's with its
+        members' configs as its `task` list), or the name of one of lm-eval's own tasks. Local data
+        files are checked here, so their errors name the task."""
         local = _task_configs(self.spec.task_dir, self.spec.task_code) if self.spec.task_dir else {}
+        scored = {task.task for task in self.tasks}  # lm-eval tasks the suite scores, each once
         specs: dict[str, dict[str, Any] | str] = {}
         for task in self.tasks:
             where = self._where(task)
@@ -206,17 +281,12 @@ class Suite:
                     specs[task.task] = task.task
                     continue
                 config = _shipped_task_over(task.task, task.data_files, where)
-            elif not isinstance(config.get("task"), str):
-                raise RecyclerError(f"{where}: an lm-eval group of tasks; a suite names tasks, so list its tasks "
-                                    "(held in or held out) one by one")
             elif task.data_files is not None:
                 raise RecyclerError(f"{where}: data_files is for lm-eval's own tasks; a task of task_dir names its data itself")
-            files = [Path(f) for f in listed_files((config.get("dataset_kwargs") or {}).get("data_files"))]
-            for file in files:
-                if not file.is_file():
-                    raise RecyclerError(f"{where}: data file {file} does not exist")
-            if files and all(file.stat().st_size == 0 for file in files):
-                raise RecyclerError(f"{where}: has no examples (its data files are empty)")
+            elif _is_group_config(config):
+                specs[task.task] = _group_spec(config, local, scored, where)
+                continue
+            _check_data_files(config, where)
             specs[task.task] = config
         return specs
 
@@ -224,7 +294,8 @@ class Suite:
         return f"suite '{self.spec.name}' ({self.source}): task '{task.task}'"
 
     def build_tasks(self) -> dict[str, Any]:
-        """lm-eval Task objects by name, each checked for its data, its metric and its examples."""
+        """lm-eval Task objects by suite task (for a group, lm-eval's Group holding its members'),
+        each checked for its data, its metric and its examples."""
         from lm_eval.tasks import TaskManager
 
         sandbox_task_templates()  # a suite's templates are data, even when its folder may hold code
@@ -232,24 +303,53 @@ class Suite:
         manager = TaskManager(include_defaults=any(isinstance(s, str) for s in specs.values()))
         built = {}
         for task in self.tasks:
-            where = self._where(task)
-            try:
-                lm_task = manager.load(specs[task.task])["tasks"][task.task]
-            except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
-                detail = one_line(error, 200) or type(error).__name__
-                raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
-            metric = task.metric.split(",")[0]
-            if metric not in lm_task.aggregation():
-                raise RecyclerError(f"{where}: unknown metric '{metric}' (the task has {', '.join(lm_task.aggregation())})")
-            if len(lm_task.eval_docs) == 0:
-                raise RecyclerError(f"{where}: has no examples")
-            if task.num_fewshot is not None:  # as simple_evaluate's num_fewshot, per task
-                lm_task.set_config(key="num_fewshot", value=task.num_fewshot)
-            elif lm_task.get_config("num_fewshot") is None:
-                lm_task.set_config(key="num_fewshot", value=0)
-            lm_task.set_fewshot_seed(seed=self.spec.fewshot_seed)
-            built[task.task] = lm_task
+            spec = specs[task.task]
+            if isinstance(spec, dict) and _is_group_config(spec):
+                built[task.task] = self._group(task, spec, manager)
+            else:
+                built[task.task] = self._task(task, spec, task.task, self._where(task), manager)
         return built
+
+    def _task(self, task: SuiteTask, spec: dict[str, Any] | str, name: str, where: str, manager: Any) -> Any:
+        """One lm-eval task (the suite task, or a member of its group) loaded and checked, with the
+        suite task's few-shot settings applied as simple_evaluate applies its own."""
+        try:
+            lm_task = manager.load(spec)["tasks"][name]
+        except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
+            detail = one_line(error, 200) or type(error).__name__
+            raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
+        metric = task.metric.split(",")[0]
+        if metric not in lm_task.aggregation():
+            raise RecyclerError(f"{where}: unknown metric '{metric}' (the task has {', '.join(lm_task.aggregation())})")
+        if len(lm_task.eval_docs) == 0:
+            raise RecyclerError(f"{where}: has no examples")
+        if task.num_fewshot is not None:  # as simple_evaluate's num_fewshot, per task
+            lm_task.set_config(key="num_fewshot", value=task.num_fewshot)
+        elif lm_task.get_config("num_fewshot") is None:
+            lm_task.set_config(key="num_fewshot", value=0)
+        lm_task.set_fewshot_seed(seed=self.spec.fewshot_seed)
+        return lm_task
+
+    def _group(self, task: SuiteTask, spec: dict[str, Any], manager: Any) -> Any:
+        """lm-eval's Group over the group's members, each loaded as the suite task (its metric,
+        limit and few-shot settings apply to every member, as simple_evaluate applies its own); the
+        group must score the suite task's metric, and its members agree on the metric's direction."""
+        from lm_eval.api.group import Group
+
+        where = self._where(task)
+        try:
+            group = Group.from_config({**spec, "task": [member["task"] for member in spec["task"]]})
+        except (TypeError, ValueError) as error:
+            raise RecyclerError(f"{where}: not a valid lm-eval group ({one_line(error, 200)})") from None
+        if _group_metric(group, task) is None:
+            raise RecyclerError(f"{where}: the group's aggregate_metric_list has no entry for {task.metric} with "
+                                "aggregation mean (lm-eval's only group aggregation), so lm-eval gives the group no score of it")
+        for member in spec["task"]:
+            group.add(self._task(task, member, member["task"], f"{where}: member '{member['task']}'", manager))
+        metric = task.metric.split(",")[0]
+        if len({lm_task.higher_is_better().get(metric, True) for lm_task in group.get_all_tasks()}) > 1:
+            raise RecyclerError(f"{where}: its members disagree on whether a higher {metric} is better")
+        return group
 
     @staticmethod
     def aggregate(task: Any, spec: SuiteTask, values: list[Any]) -> float:
@@ -257,6 +357,21 @@ class Suite:
         aggregates them (one place, so a score put together from screening stages is the score
         full evaluation gives)."""
         return float(task.aggregation()[spec.metric.split(",")[0]](values))
+
+    @staticmethod
+    def aggregate_group(group: Any, spec: SuiteTask, values: list[list[Any]]) -> float:
+        """A group's score from each member's examples' values, as lm-eval puts it together: each
+        member's own aggregation, then lm-eval's mean of those, weighted by the examples each
+        member scored where the group's aggregate_metric_list says weight_by_size."""
+        from lm_eval.api.metrics import aggregate_subtask_metrics
+
+        scores = [Suite.aggregate(task, spec, v) for task, v in zip(members(group), values, strict=True)]
+        return float(aggregate_subtask_metrics(scores, [len(v) for v in values], _group_metric(group, spec).weight_by_size))
+
+    @staticmethod
+    def higher_is_better(task: Any, spec: SuiteTask) -> bool:
+        """lm-eval's direction of the task's metric (a group's members agree on it: build_tasks checks)."""
+        return members(task)[0].higher_is_better().get(spec.metric.split(",")[0], True)
 
     @staticmethod
     def aggregated_per_example(task: Any, spec: SuiteTask) -> bool:
@@ -280,12 +395,12 @@ class Suite:
                                 f"tokenizer of {checkpoint} has no chat template")
 
     def example_texts(self, tasks: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
-        """Each scored example's prompt (without few-shot examples) and target, by task, in the order
-        the scorer reports per-example results."""
+        """Each scored example's prompt (without few-shot examples) and target, by task (a group's
+        members' one after another), in the order the scorer reports per-example results."""
         texts = {}
         for spec in self.tasks:
-            task = tasks[spec.task]
             texts[spec.task] = [{"prompt": str(task.doc_to_text(doc)), "target": str(task.doc_to_target(doc))}
+                                for task in members(tasks[spec.task])
                                 for _, doc in task.doc_iterator(rank=0, limit=self.limit(spec), world_size=1)]
         return texts
 

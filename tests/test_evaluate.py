@@ -97,3 +97,40 @@ def test_forward_tokens_count_the_positions_the_model_ran(tmp_path):
     batched = hf_scorer(load_suite(str(write_suite(tmp_path, batch_size=16, held_in=[{"task": "sums", "metric": "acc"}],
                                                 held_out=[]))), model, tokenizer)
     assert batched.score().forward_tokens >= positions(rows)  # padded to each batch's longest
+
+
+@pytest.mark.parametrize("weight_by_size", [True, False])
+def test_a_group_scores_as_lm_eval_scores_it(tmp_path, weight_by_size):
+    """A suite task naming an lm-eval group of two tasks of unequal size (40 and 15 examples): its
+    score is simple_evaluate's for the group, weighted by size or not as the group says, and its
+    examples are its members', one after another."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", seed=7)
+    tasks = write_tasks(tmp_path / "abs_tasks", absolute=True)
+    carry_data = tasks / "data" / "carry.jsonl"
+    carry_data.write_text("".join(carry_data.read_text().splitlines(keepends=True)[:15]))
+    (tasks / "arith.yaml").write_text("group: arith\ntask: [sums, carry]\naggregate_metric_list:\n"
+                                      f"  - {{metric: perplexity, aggregation: mean, weight_by_size: {str(weight_by_size).lower()}}}\n")
+    suite = load_suite(str(write_suite(tmp_path, task_dir="abs_tasks", held_in=[{"task": "arith", "metric": "perplexity"}],
+                                       held_out=[])))
+    scorer = hf_scorer(suite, *load(checkpoint))
+    ours = scorer.score()
+
+    theirs = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={checkpoint},add_bos_token=False,dtype=float32",
+        tasks=["arith"],
+        task_manager=TaskManager(include_path=str(tmp_path / "abs_tasks"), include_defaults=False),
+        batch_size=16,
+        device="cpu",
+        bootstrap_iters=0,
+    )["results"]
+    assert ours.scores["arith"] == pytest.approx(theirs["arith"]["perplexity,none"], rel=1e-6)
+    sums, carry = theirs["sums"]["perplexity,none"], theirs["carry"]["perplexity,none"]
+    other = (sums + carry) / 2 if weight_by_size else (40 * sums + 15 * carry) / 55
+    assert ours.scores["arith"] != pytest.approx(other, rel=1e-3)  # the weighting decided the score
+    texts = suite.example_texts(scorer.tasks)["arith"]
+    assert len(ours.examples["arith"].scores) == len(texts) == 55
+    assert [t["prompt"] for t in texts[40:]] == [json.loads(line)["prompt"] for line in carry_data.read_text().splitlines()]

@@ -147,3 +147,21 @@ def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, local_ray, se
     promoted = [t for t in trials if t.screening is not None and t.screening["finished"]]
     assert promoted and all(t.complete and t.examples_scored == 105 for t in promoted)
     assert finished_trials(study) < 10  # it did stop early
+
+
+def test_a_suite_with_a_group_is_refused_before_anything_runs(tmp_path, search_spec):
+    """A group's score is lm-eval's mean over its members, not put together from screened stages."""
+    import yaml
+
+    from recycler.search import prepare_study
+
+    spec = search_spec(trials=4, fidelity={"screen_fraction": 0.3})
+    suite_dir = tmp_path / "suite"
+    (suite_dir / "tasks" / "arith.yaml").write_text(
+        "group: arith\ntask: [sums, carry]\naggregate_metric_list: [{metric: acc, aggregation: mean}]\n")
+    suite = yaml.safe_load((suite_dir / "suite.yaml").read_text())
+    suite.update(held_in=[{"task": "arith"}, {"task": "pick", "metric": "acc_norm"}], held_out=[])
+    (suite_dir / "suite.yaml").write_text(yaml.safe_dump(suite))
+    with pytest.raises(RecyclerError, match="^search.fidelity: task 'arith' is an lm-eval group"):
+        prepare_study(spec, tmp_path / "study")
+    assert not (tmp_path / "study").exists()

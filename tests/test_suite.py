@@ -36,6 +36,25 @@ def _missing_data(folder):
     (folder / "tasks" / "data" / "pick.jsonl").unlink()
 
 
+def _group(**groups: str):
+    """Group YAMLs (name -> the YAML after `group: name`) written into the task folder."""
+    def write(folder):
+        for name, text in groups.items():
+            (folder / "tasks" / f"{name}.yaml").write_text(f"group: {name}\n{text}")
+    return write
+
+
+_ACC = "aggregate_metric_list: [{metric: acc, aggregation: mean}]\n"
+
+
+def _group_of_a_tag(folder):
+    sums = folder / "tasks" / "sums.yaml"
+    sums.write_text(sums.read_text() + "tag: arith_tag\n")
+    _group(g="task: [arith_tag]\n" + _ACC)(folder)
+
+
+_IN_GROUP = {"held_in": [{"task": "g"}], "held_out": []}
+
 BAD_SUITES = {
     "unknown task": ({"held_in": [{"task": "nosuch"}]}, None, "task 'nosuch': no task of that name in"),
     "unknown metric": ({"held_in": [{"task": "sums", "metric": "bleu"}]}, None, "task 'sums': unknown metric 'bleu' \\(the task has acc, perplexity\\)"),
@@ -44,6 +63,18 @@ BAD_SUITES = {
     "task twice": ({"held_out": [{"task": "sums"}]}, None, "held_out.0.task: task 'sums' is listed twice"),
     "no held-in task": ({"held_in": []}, None, "held_in: List should have at least 1 item"),
     "missing task folder": ({"task_dir": "nowhere"}, None, "nowhere: task folder does not exist"),
+    "nested group": (_IN_GROUP, _group(inner="task: [sums]\n" + _ACC, g="task: [inner]\n" + _ACC),
+                     "task 'g': member 'inner': a group itself; a suite's group names tasks, not nested groups"),
+    "inline group member": (_IN_GROUP, _group(g="task: [{task: sums, num_fewshot: 2}]\n" + _ACC),
+                            "task 'g': the group's `task` list holds an inline dict"),
+    "group of a tag": (_IN_GROUP, _group_of_a_tag, "task 'g': member 'arith_tag': not a task YAML of task_dir"),
+    "group metric not aggregated": ({"held_in": [{"task": "g", "metric": "perplexity"}], "held_out": []},
+                                    _group(g="task: [sums, carry]\n" + _ACC),
+                                    "task 'g': the group's aggregate_metric_list has no entry for perplexity with aggregation mean"),
+    "group member listed alone": ({"held_in": [{"task": "g"}]}, _group(g="task: [sums, carry]\n" + _ACC),
+                                  "task 'g': member 'carry': scored elsewhere in the suite too"),
+    "group setting its members' keys": (_IN_GROUP, _group(g="task: [sums]\nnum_fewshot: 3\n" + _ACC),
+                                        "task 'g': the group sets num_fewshot, which a suite's group may not"),
 }
 
 

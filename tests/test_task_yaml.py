@@ -15,9 +15,11 @@ from tests.suites import write_suite
 def test_every_key_of_lm_evals_task_config_is_classified():
     """A key a new lm-eval adds is refused for untrusted suites until it is classified here."""
     from lm_eval.api.task import TaskConfig
+    from lm_eval.config.group import GroupConfig
     from lm_eval.config.task import FewshotConfig
 
     assert {f.name for f in dataclasses.fields(TaskConfig)} - set(TASK_KEYS) == set()
+    assert {f.name for f in dataclasses.fields(GroupConfig)} - set(TASK_KEYS) == set()
     assert {f.name for f in dataclasses.fields(FewshotConfig)} - set(FEWSHOT_KEYS) == set()
 
 
@@ -64,3 +66,20 @@ def test_a_suite_read_as_data_refuses_code_and_imports_nothing(tmp_path):
 def test_data_only_problems_name_the_key(extra, problem):
     assert problem in data_only_problem({"task": "t", "dataset_path": "json", **extra})
     assert data_only_problem({"task": "t", "dataset_path": "json", "doc_to_text": "{{q}}"}) is None
+
+
+def test_a_group_read_as_data_is_the_group_lm_eval_reads(tmp_path):
+    """A group's YAML passes the data-only reader, which gives the same group and members as
+    lm-eval's loader; a task key on a group is checked as on a task."""
+    from recycler.suite import members
+
+    write_suite(tmp_path / "suite")
+    group = tmp_path / "suite" / "tasks" / "arith.yaml"
+    group.write_text("group: arith\ntask: [sums, carry]\naggregate_metric_list: [{metric: acc, aggregation: mean}]\n")
+    data = {"name": "s", "task_dir": "suite/tasks", "held_in": [{"task": "arith"}]}
+    as_data = parse_suite({**data, "task_code": False}, tmp_path, "suite")
+    assert as_data.task_specs() == parse_suite(data, tmp_path, "suite").task_specs()
+    assert [task.task_name for task in members(as_data.build_tasks()["arith"])] == ["sums", "carry"]
+    group.write_text(group.read_text() + "process_results: x\n")
+    with pytest.raises(RecyclerError, match="arith.yaml: process_results loads Python"):
+        as_data.task_specs()

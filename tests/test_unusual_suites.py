@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from recycler.demo.tiny import write_pool
-from recycler.errors import RecyclerError
+from recycler.examples import read_prompts, read_results
 from recycler.pool import load_pool
 from recycler.spec import load_spec
 from tests.unusual import (
@@ -56,7 +56,8 @@ def _code(root: Path) -> tuple[Path, Path]:
 
 
 def _group(root: Path) -> tuple[Path, Path]:
-    """An lm-eval group (arith_group: sums and carry, acc averaged by size) named as a suite task."""
+    """An lm-eval group (arith_group: sums and carry, acc averaged by size) named as a suite task:
+    its score lm-eval's for the group, its examples its members' one after another."""
     tasks = write_code_tasks(root / "tasks")
     return write_pool(root, 2), write_suite_file(root, tasks, [{"task": "arith_group", "metric": "acc"}],
                                                  [{"task": "pick", "metric": "acc"}])
@@ -81,14 +82,6 @@ def _architecture(arch: str, max_shard_size: str | None = None) -> Callable[[Pat
     return make
 
 
-GROUP_UNSUPPORTED = pytest.mark.xfail(
-    strict=True,
-    raises=RecyclerError,
-    reason="recycler scores tasks, not groups: a suite naming an lm-eval group is refused with one line (list "
-           "its tasks one by one), and the scorer has no group aggregation (aggregate_metric_list)",
-)
-
-
 CASES = {
     "corpus-metrics-many-choices-limit": (_corpus, None),
     "repeats-process-results-chrf": (_code, None),
@@ -97,10 +90,10 @@ CASES = {
     "phi-bf16-tied-sharded": (_architecture("phi", max_shard_size="20KB"), "20KB"),
     "mistral-bf16-tied-sharded": (_architecture("mistral", max_shard_size="12KB"), None),
 }
-MARKS = {"group": GROUP_UNSUPPORTED}
+MEMBERS = {"arith_group": 2}  # lm-eval tasks a suite task scores, where not one
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=MARKS.get(c, ())) for c in CASES])
+@pytest.mark.parametrize("case", CASES)
 def test_unusual_suite_or_pool_runs_and_scores_as_lm_eval(tmp_path, local_ray, case):
     from recycler.export import export_trial
     from recycler.records import StoredTrial
@@ -124,8 +117,10 @@ def test_unusual_suite_or_pool_runs_and_scores_as_lm_eval(tmp_path, local_ray, c
     suite = yaml.safe_load(suite_path.read_text())
     tasks = [t["task"] for t in suite["held_in"] + suite["held_out"]]
     assert set(last.scores) == set(tasks)
-    limits = [t.get("limit", suite.get("limit")) or EXAMPLES for t in suite["held_in"] + suite["held_out"]]
-    assert last.examples_scored == sum(min(limit, EXAMPLES) for limit in limits)  # a limit past the data scores the data
+    limits = {t["task"]: t.get("limit", suite.get("limit")) or EXAMPLES for t in suite["held_in"] + suite["held_out"]}
+    assert last.examples_scored == sum(min(limit, EXAMPLES) * MEMBERS.get(task, 1) for task, limit in limits.items())  # a limit past the data scores the data
+    results, prompts = read_results(tmp_path / "study", last.number), read_prompts(tmp_path / "study")
+    assert {task: len(r["scores"]) for task, r in results.items()} == {task: len(p) for task, p in prompts.items()}
 
     out = export_trial(tmp_path / "study", last.number, tmp_path / "export",
                        **({"max_shard_size": export_shard_size} if export_shard_size else {}))
