@@ -218,7 +218,15 @@ def _describe(error: Exception) -> str:
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = error.cause
         return f"{type(cause).__name__}: {one_line(cause, 400)}"
-    return f"worker died: {one_line(error, 400)}"
+    return f"worker died: {_death(one_line(error))}"
+
+
+def _death(text: str) -> str:
+    """Ray's account of a dead actor, shortened to its first sentence and the exit detail (the rest
+    is ids, addresses and advice)."""
+    first = text.split(". ")[0].removesuffix(".")
+    detail = re.search(r"Worker exit detail: (.+?)(?:\. |\.?$)", text)
+    return (f"{first} ({detail.group(1)})" if detail else first)[:400]
 
 
 def _no_room(spec: PoolSpec, seconds: int) -> str:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from recycler.engine import EvaluationEngine
+from recycler.errors import RecyclerError
 from recycler.library_seams import apply_filters_to
-from recycler.suite import Suite, SuiteTask, is_group, members
+from recycler.suite import Suite, SuiteTask, is_group, members, scored_filter
 
 # Example indices by task, in the suite's example order: what a screening stage scores.
 Selection = Mapping[str, Collection[int]]
@@ -112,6 +113,8 @@ class Scorer:
         it) from all its members' examples, as lm-eval puts a group's score together."""
         task = self.tasks[spec.task]
         if is_group(task):
+            if chosen is not None:
+                raise RecyclerError(f"task '{spec.task}': an lm-eval group is scored whole, never on a selection of examples")
             parts = [self._examples(member, spec, None) for member in members(task)]
             return (self.suite.aggregate_group(task, spec, [values for values, _ in parts]),
                     TaskExamples.joined([examples for _, examples in parts]))
@@ -123,8 +126,7 @@ class Scorer:
         `chosen`), for its aggregation, and as the per-example results report them."""
         scored = [i for i in task.instances if chosen is None or i.doc_id in chosen]
         apply_filters_to(task, scored)
-        metric, _, filter_key = spec.metric.partition(",")
-        filter_key = filter_key or next(iter(scored[0].filtered_resps))
+        metric, filter_key = spec.metric.split(",")[0], scored_filter(task, spec)
         by_doc: dict[int, list[Any]] = defaultdict(list)
         for instance in scored:
             by_doc[instance.doc_id].append(instance)

@@ -219,15 +219,26 @@ def _group_spec(config: dict[str, Any], local: dict[str, dict[str, Any]], scored
     return {**config, "task": configs}
 
 
+def scored_filter(task: Any, spec: SuiteTask) -> str:
+    """The filter whose answers the suite task's metric reads in an lm-eval task: the one the
+    metric names (`exact_match,letters`), else the task's first (lm-eval's `none` when it has none)."""
+    named = spec.metric.partition(",")[2]
+    if named:
+        return named
+    filters = task.config.filter_list
+    return filters[0]["name"] if filters else "none"
+
+
 def _group_metric(group: Any, spec: SuiteTask) -> Any:
     """The entry of a group's aggregate_metric_list by which lm-eval scores the group on the suite
-    task's metric (a mean of its members' scores, filter 'none' unless the metric names one), or None."""
+    task's metric and the filter its members score (a mean of their scores), or None."""
     from lm_eval.config.group import AggMetricConfig
 
-    metric, _, filter_key = spec.metric.partition(",")
+    metric = spec.metric.split(",")[0]
+    filter_key = scored_filter(members(group)[0], spec)
     return next((entry for entry in group.aggregate_metric_list or []
                  if isinstance(entry, AggMetricConfig) and entry.metric == metric and entry.aggregation == "mean"
-                 and (entry.filter_list is None or (filter_key or "none") in entry.filter_list)), None)
+                 and (entry.filter_list is None or filter_key in entry.filter_list)), None)
 
 
 def is_group(task: Any) -> bool:
@@ -333,7 +344,8 @@ class Suite:
     def _group(self, task: SuiteTask, spec: dict[str, Any], manager: Any) -> Any:
         """lm-eval's Group over the group's members, each loaded as the suite task (its metric,
         limit and few-shot settings apply to every member, as simple_evaluate applies its own); the
-        group must score the suite task's metric, and its members agree on the metric's direction."""
+        group must score the suite task's metric after the one filter its members all score, and its members
+        agree on the metric's direction."""
         from lm_eval.api.group import Group
 
         where = self._where(task)
@@ -341,14 +353,19 @@ class Suite:
             group = Group.from_config({**spec, "task": [member["task"] for member in spec["task"]]})
         except (TypeError, ValueError) as error:
             raise RecyclerError(f"{where}: not a valid lm-eval group ({one_line(error, 200)})") from None
-        if _group_metric(group, task) is None:
-            raise RecyclerError(f"{where}: the group's aggregate_metric_list has no entry for {task.metric} with "
-                                "aggregation mean (lm-eval's only group aggregation), so lm-eval gives the group no score of it")
         for member in spec["task"]:
             group.add(self._task(task, member, member["task"], f"{where}: member '{member['task']}'", manager))
         metric = task.metric.split(",")[0]
         if len({lm_task.higher_is_better().get(metric, True) for lm_task in group.get_all_tasks()}) > 1:
             raise RecyclerError(f"{where}: its members disagree on whether a higher {metric} is better")
+        filters = sorted({scored_filter(lm_task, task) for lm_task in group.get_all_tasks()})
+        if len(filters) > 1:
+            raise RecyclerError(f"{where}: its members score {metric} after different filters ({', '.join(filters)}); "
+                                "name one in the metric (METRIC,FILTER)")
+        if _group_metric(group, task) is None:
+            raise RecyclerError(f"{where}: the group's aggregate_metric_list has no entry for {metric} after filter "
+                                f"'{filters[0]}' with aggregation mean (lm-eval's only group aggregation), so lm-eval gives "
+                                "the group no score of it")
         return group
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 Two suites: the demo's skills asked as generation tasks (every skill a `generate_until` task, as in
 bench_generation.py, 100 examples each) and the loglikelihood `demo` suite. Two pools: the demo
-pool (0.8M-parameter GPT-2s), and two random GPT-2s of about 100M parameters (width 1024, 8 layers,
+pool (GPT-2s of 0.45M parameters; the figures in BENCHMARKS §10 were measured on an earlier, 0.8M
+build), and two random GPT-2s of about 100M parameters (width 1024, 8 layers,
 the demo's alphabet; 40 examples per task), where a model's compute starts to count. For each pool,
 suite and engine, one worker's engine is built (2 torch threads), and the same random simplex
 merges are loaded and scored as trials (load + score; the first trial is a warm-up); reported: the

@@ -45,7 +45,7 @@ filter_list:
 metric_list:
   - {{metric: exact_match, aggregation: mean, higher_is_better: true}}
 """
-CHECKPOINTS = ("mixed", "arith", "letters")
+CHECKPOINTS = ("double_add", "arith", "upper_count")
 
 
 def generation_suite(folder: Path, batch_size: int):

@@ -70,7 +70,11 @@ BAD_SUITES = {
     "group of a tag": (_IN_GROUP, _group_of_a_tag, "task 'g': member 'arith_tag': not a task YAML of task_dir"),
     "group metric not aggregated": ({"held_in": [{"task": "g", "metric": "perplexity"}], "held_out": []},
                                     _group(g="task: [sums, carry]\n" + _ACC),
-                                    "task 'g': the group's aggregate_metric_list has no entry for perplexity with aggregation mean"),
+                                    "task 'g': the group's aggregate_metric_list has no entry for perplexity after filter 'none' "
+                                    "with aggregation mean"),
+    "group metric after another filter": (_IN_GROUP, _group(g="task: [sums, carry]\naggregate_metric_list: [{metric: acc, "
+                                                          "aggregation: mean, filter_list: [strict]}]\n"),
+                                          "task 'g': the group's aggregate_metric_list has no entry for acc after filter 'none'"),
     "group member listed alone": ({"held_in": [{"task": "g"}]}, _group(g="task: [sums, carry]\n" + _ACC),
                                   "task 'g': member 'carry': scored elsewhere in the suite too"),
     "group setting its members' keys": (_IN_GROUP, _group(g="task: [sums]\nnum_fewshot: 3\n" + _ACC),

@@ -1,7 +1,7 @@
 """Build the demo pool: pretrain a tiny character-level GPT-2 on synthetic skills, then branch it.
 
 The branches share the base as a lab's training runs do (different data mixtures, learning
-rates and step counts, an early snapshot, one over-specialized run), which is what makes their
+rates and step counts, an early snapshot, over-specialized runs at a high learning rate), which is what makes their
 linear merges meaningful. The build is seeded and cached under the hash of its recipe.
 """
 
@@ -76,7 +76,7 @@ DEMO_RECIPE = Recipe(
         Branch("double_add", {"double": 1.0, "add": 1.0}, lr=1e-3, steps=100),
         Branch("add", {"add": 1.0}, lr=2e-3, steps=150),
         Branch("sort_count", {"sort": 1.0, "count": 1.0}, lr=5e-4, steps=100),
-        Branch("reverse_long", {"reverse": 1.0}, lr=2e-3, steps=100),
+        Branch("reverse_hot", {"reverse": 1.0}, lr=2e-3, steps=100),
     ),
 )
 
