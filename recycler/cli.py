@@ -28,8 +28,7 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    import torch
-
+    from recycler.cluster import worker_device
     from recycler.errors import format_bytes
     from recycler.merge import MemoryNeeds
     from recycler.pool import load_pool
@@ -40,7 +39,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     pool.check_finite()
     print(f"pool: {len(pool.checkpoints)} checkpoints{' + base ' + pool.base.name if pool.base else ''}, "
           f"{len(pool.tensor_names)} tensors, {pool.parameter_count:,} parameters, {pool.dtype}")
-    device = torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
+    device = worker_device(spec)
     needs = MemoryNeeds.of(pool, device)
     print(f"a {device.type} worker needs {format_bytes(needs.streamed)} with the pool streamed from the page cache, "
           f"{format_bytes(needs.resident)} with it stacked (resources.memory_per_worker: {spec.resources.memory_per_worker})")

@@ -126,7 +126,7 @@ class Scorer:
         `chosen`), for its aggregation, and as the per-example results report them."""
         scored = [i for i in task.instances if chosen is None or i.doc_id in chosen]
         apply_filters_to(task, scored)
-        metric, filter_key = spec.metric.split(",")[0], scored_filter(task, spec)
+        metric, filter_key = spec.metric_name, scored_filter(task, spec)
         by_doc: dict[int, list[Any]] = defaultdict(list)
         for instance in scored:
             by_doc[instance.doc_id].append(instance)

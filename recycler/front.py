@@ -13,16 +13,10 @@ import optuna
 import pandas as pd
 
 from recycler.baselines import reference_labels
-from recycler.library_seams import compute_hypervolume
+from recycler.pareto import FrontTracker, dominates, losses
 from recycler.recipes import recipe_from_json
 from recycler.records import FrontDocument, FrontEntry, side_baselines, stored_trials
-from recycler.selection import rank
 from recycler.study import StudyInfo
-
-
-def _losses(values: np.ndarray, directions: list[str]) -> np.ndarray:
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
-    return values * signs
 
 
 def reference_point(study: optuna.Study, info: StudyInfo) -> np.ndarray | None:
@@ -34,33 +28,7 @@ def reference_point(study: optuna.Study, info: StudyInfo) -> np.ndarray | None:
                if b.label in labels and b.scores is not None]
     if not values:
         return None
-    return _losses(np.array(values, dtype=float), info.directions).max(axis=0)
-
-
-def hypervolume(values: list[list[float]], directions: list[str], reference: np.ndarray) -> float:
-    """Hypervolume dominated by these points and bounded by the reference point."""
-    if not values:
-        return 0.0
-    losses = _losses(np.array(values, dtype=float), directions)
-    inside = losses[(losses < reference).all(axis=1)]
-    return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
-
-
-class FrontTracker:
-    """The non-dominated values seen so far and their hypervolume, kept one trial at a time: only a
-    point that enters the front changes the hypervolume, and only the front is measured."""
-
-    def __init__(self, directions: list[str], reference: np.ndarray) -> None:
-        self.directions = directions
-        self.reference = reference
-        self.front: list[list[float]] = []
-        self.hypervolume = 0.0
-
-    def add(self, values: list[float]) -> float:
-        if not any(dominates(member, values, self.directions) for member in self.front):
-            self.front = [m for m in self.front if not dominates(values, m, self.directions)] + [values]
-            self.hypervolume = hypervolume(self.front, self.directions, self.reference)
-        return self.hypervolume
+    return losses(np.array(values, dtype=float), info.directions).max(axis=0)
 
 
 def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int, float]]:
@@ -71,13 +39,6 @@ def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int,
     tracker = FrontTracker(info.directions, reference)
     trials = sorted(stored_trials(study, complete_only=True), key=lambda t: t.number)
     return [(trial.number, tracker.add(trial.values)) for trial in trials]
-
-
-def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
-    """a is at least as good as b on every objective and differs on one."""
-    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
-    better = [x * s >= y * s for x, y, s in zip(a, b, signs)]
-    return all(better) and any(x != y for x, y in zip(a, b))
 
 
 def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool,
@@ -145,8 +106,3 @@ def _not_on_front(r: FrontEntry) -> str:
     if r.get("beaten_by_front"):
         return "beaten"
     return f"< {r['dominated_by']}" if r.get("dominated_by") is not None else ""
-
-
-def most_balanced(records: list[FrontEntry], info: StudyInfo) -> FrontEntry:
-    """The front member whose worst held-in objective (min-max normalized over the front) is best."""
-    return rank([r for r in records if r["on_front"]] or records, info, None)[0]

@@ -32,7 +32,7 @@ _BASELINE = "baseline"  # the label of a baseline the search space expresses
 _RETRY_OF = "retry_of"  # the trial this one repeats
 _ATTEMPT = "attempt"  # 1 for a first try
 _ERROR = "error"  # why the trial failed for good
-_TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")
+TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")  # what a worker times, per trial
 _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
 _FORWARD_TOKENS = "forward_tokens"  # and the token positions its forward passes ran, all stages
 _SCREENING = "screening"  # a screened trial: its subset scores, whether it was finished, and why not
@@ -94,7 +94,7 @@ class StoredTrial:
             error=attrs.get(_ERROR),
             attempt=int(attrs.get(_ATTEMPT, 1)),
             retry_of=attrs.get(_RETRY_OF),
-            seconds={key: attrs[key] for key in _TIMING if key in attrs},
+            seconds={key: attrs[key] for key in TIMING if key in attrs},
             examples_scored=attrs.get(_EXAMPLES_SCORED),
             forward_tokens=attrs.get(_FORWARD_TOKENS),
             screening=attrs.get(_SCREENING),
@@ -141,7 +141,7 @@ def record_candidate(trial: optuna.Trial, recipe: MergeRecipe) -> None:
 def record_scores(trial: optuna.Trial, result: dict[str, Any]) -> None:
     """A worker's result: every task's score, and the seconds spent merging, in forward passes, and in all."""
     trial.set_user_attr(_SCORES, result["scores"])
-    for key in _TIMING:
+    for key in TIMING:
         trial.set_user_attr(key, result[key])
 
 

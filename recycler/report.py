@@ -13,14 +13,9 @@ from plotly.subplots import make_subplots
 
 from recycler.compare import candidate_name, compare, default_beside
 from recycler.files import write_text_atomic
-from recycler.front import (
-    front_records,
-    front_table,
-    hypervolume_history,
-    most_balanced,
-)
+from recycler.front import front_records, front_table, hypervolume_history
 from recycler.records import FrontEntry, entry_key, stored_trials
-from recycler.selection import narrow
+from recycler.selection import most_balanced, narrow
 from recycler.study import StudyInfo, load_study
 
 EXAMPLES_SHOWN = 3  # answers per generation task in the report

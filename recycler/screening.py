@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recycler.evaluate import Selection
-from recycler.front import dominates
+from recycler.pareto import dominates
 
 
 def choose_subset(prompts: Mapping[str, list[Mapping[str, str]]], fraction: float, seed: int) -> dict[str, list[int]]:

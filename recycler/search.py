@@ -6,7 +6,8 @@ express are its first trials, the others are recorded on the study beside the tr
 trials are in flight as there are workers; a new one is asked for the moment a worker frees up.
 Every finished trial is in Optuna storage at once, so a killed search resumes where it stopped and
 never re-runs a finished trial. Each scored candidate's per-example results go to the study folder
-(recycler/examples.py) before the candidate is recorded, so every completed trial has them. With
+(recycler/examples.py) before the candidate is recorded (recycler/ledger.py, the only writer of
+outcomes), so every completed trial has them. With
 the study in a database, several drivers (on several machines) can run it together
 (recycler/coordination.py): the budget counts every driver's trials.
 """
@@ -14,7 +15,6 @@ the study in a database, several drivers (on several machines) can run it togeth
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import time
@@ -39,31 +39,25 @@ from recycler.coordination import (
     database_storage,
     fail_lost_trials,
     folder_lock,
-    requeue_lost,
     shares_storage,
 )
 from recycler.engine import engine_class
 from recycler.errors import RecyclerError, one_line
-from recycler.examples import prompts_kept, write_prompts, write_results
-from recycler.front import FrontTracker, reference_point
+from recycler.examples import prompts_kept, write_prompts
+from recycler.front import reference_point
+from recycler.ledger import Ledger, bad_candidate, finished_trials, requeue_interrupted, running_trials
 from recycler.merge import keep_resident
+from recycler.pareto import FrontTracker
 from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe, layer_count
 from recycler.records import (
-    SideBaseline,
+    TIMING,
     StoredTrial,
-    queue_again,
     queue_baseline,
     queue_side_baseline,
     record_candidate,
-    record_cost,
-    record_error,
-    record_scores,
-    record_screening,
     record_screening_subset,
-    record_side_baseline,
     record_study_binding,
-    record_subset_scores,
     screening_subset,
     side_baseline_queue,
     side_baselines,
@@ -255,62 +249,6 @@ def _open_side_queue(storage: optuna.storages.BaseStorage, study: optuna.Study, 
     return queue
 
 
-def requeue_interrupted(prepared: PreparedStudy) -> None:
-    """Trials and side baselines left RUNNING by a killed driver: mark them failed and queue their
-    work again. In a database that happens once the driver's heartbeat is stale (another driver may
-    be running them); a journal file has one driver at a time, so all of them at once.
-
-    A trial killed before all its parameters were drawn (its recipe is recorded once they are)
-    had nothing evaluated; it is failed only. Being interrupted does not use up an attempt.
-    """
-    for study in (prepared.study, prepared.side_queue):
-        if shares_storage(prepared.storage):
-            fail_lost_trials(study, prepared.storage)
-            continue
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
-            requeue_lost(study, trial)
-
-
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget: completed, dropped at screening, or failed for good with
-    an error and not queued again. Trials interrupted by a killed search carry no error and do not count."""
-    trials = stored_trials(study)
-    retried = {t.retry_of for t in trials if t.retry_of is not None}
-    return sum(
-        1
-        for t in trials
-        if t.complete or t.screened_out or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
-    )
-
-
-def running_trials(study: optuna.Study) -> int:
-    """Trials in flight, on any driver."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-def fail_and_retry(study: optuna.Study, trial: optuna.Trial, error: str, max_retries: int) -> bool:
-    """Record the trial as failed with its error; queue its parameters again while retries remain."""
-    stored = StoredTrial.running(trial)
-    record_error(trial, error)
-    study.tell(trial, state=TrialState.FAIL)
-    if stored.attempt > max_retries:
-        return False
-    queue_again(study, stored, attempt=stored.attempt + 1)
-    return True
-
-
-def _non_finite(scores: dict[str, Any]) -> str | None:
-    """The error for the first score that is not a finite number, if any."""
-    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
-    return f"non-finite score on task '{bad[0]}'" if bad else None
-
-
-def _bad_candidate(result: dict[str, Any]) -> str | None:
-    """Why a worker's result is a bad candidate (NaN/inf weights, non-finite scores), if it is one."""
-    return result.get("error") or _non_finite(result["scores"])
-
-
 SAME_FAILURE_CANDIDATES = 3  # candidates in a row failing with one reason end the search
 
 
@@ -344,27 +282,6 @@ class _FailureStreak:
         if len(self.candidates) >= SAME_FAILURE_CANDIDATES:
             raise RecyclerError(f"every candidate fails the same way ({len(self.candidates)} in a row, the last "
                                 f"{where}): {reason}")
-
-
-def record_result(prepared: PreparedStudy, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
-    """Store a worker's result on the trial, and its per-example results in the study folder, and
-    return its objective values; a bad candidate (non-finite weights or scores) fails with the
-    reason, keeps no examples, returns None, and is not retried: it would fail again."""
-    study = prepared.study
-    if "error" not in result:
-        record_scores(trial, result)
-    error = _bad_candidate(result)
-    if error:
-        record_error(trial, error)
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-    write_results(prepared.folder, trial.number, result["examples"])
-    if prepared.screening is not None:  # what later candidates are paired with at screening
-        record_subset_scores(trial, prepared.screening.on_subset(result["examples"], prepared.info.objectives))
-    record_cost(trial, sum(len(task["scores"]) for task in result["examples"].values()), result["forward_tokens"])
-    values = [result["scores"][o] for o in prepared.info.objectives]
-    study.tell(trial, values)
-    return values
 
 
 @dataclass(frozen=True)
@@ -428,13 +345,14 @@ class _Progress:
 
 @dataclass
 class _Loop:
-    """One driver's run of the search: keeps its workers busy with a trial or a baseline, records
-    what comes back, retries what a lost worker was scoring, beats for what it has in flight, and
+    """One driver's run of the search: keeps its workers busy with a trial or a baseline, hands what
+    comes back to the ledger (which retries what failed), beats for what it has in flight, and
     requeues the trials of drivers that stopped beating."""
 
     prepared: PreparedStudy
     spec: PoolSpec
     workers: WorkerPool[_Job]
+    ledger: Ledger
     progress: _Progress
     heartbeat: Heartbeat
     should_stop: Callable[[], bool]
@@ -504,20 +422,19 @@ class _Loop:
         """Finish a screened trial if it can still reach the front of fully evaluated trials, else
         drop it (told to the sampler as pruned) with its subset's scores; True if it goes on."""
         prepared, study = self.prepared, self.prepared.study
-        if _bad_candidate(result):
-            self.progress.trial_finished(record_result(prepared, job.trial, result))
+        if bad_candidate(result):
+            self.progress.trial_finished(self.ledger.record(job.trial, result))
             return False
         info, screening = prepared.info, prepared.screening
         front = [FrontMember(t.number, t.values, t.subset_scores) for t in map(StoredTrial.of, study.best_trials)
                  if t.subset_scores is not None]  # (older trials did not keep theirs: never compared)
         verdict = screening.verdict(screening.on_subset(result["examples"], info.objectives), front, info.objectives,
                                     info.directions)
-        record_screening(job.trial, result["scores"], verdict)
+        self.ledger.screened(job.trial, result["scores"], verdict)
         if verdict.finish:
             self.finishing.append(replace(job, stage="rest", screened=result))
             return True
-        record_cost(job.trial, prepared.screening.screened_examples, result["forward_tokens"])
-        study.tell(job.trial, state=TrialState.PRUNED)
+        self.ledger.drop(job.trial, result["forward_tokens"])
         self.progress.trial_finished(None, prepared.screening.screened_examples)
         return False
 
@@ -527,7 +444,7 @@ class _Loop:
             return result
         examples = merge_stages(job.screened["examples"], result["examples"])
         costs = {key: job.screened[key] + result[key]
-                 for key in ("merge_seconds", "forward_seconds", "trial_seconds", "forward_tokens")}
+                 for key in (*TIMING, "forward_tokens")}
         return {"scores": self.prepared.full_scores(examples), "examples": examples, **costs}
 
     def _record(self, finished: Finished[_Job]) -> None:
@@ -553,7 +470,7 @@ class _Loop:
         job, result = finished.job, finished.result
         if finished.failed:
             if job.stage == "rest":  # its screening examples were scored; those of the failed stage are unknown
-                record_cost(job.trial, self.prepared.screening.screened_examples, job.screened["forward_tokens"])
+                self.ledger.charge_screening(job.trial, job.screened["forward_tokens"])
             self._fail(job, result["error"], died=finished.died)
             return False
         if job.stage == "screen":
@@ -561,7 +478,7 @@ class _Loop:
             self.failures.succeeded()
             return still_running
         result = self._finished(job, result) if job.stage == "rest" else result
-        values = record_result(self.prepared, job.trial, result)
+        values = self.ledger.record(job.trial, result)
         self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
         self.failures.succeeded()
         return False
@@ -569,10 +486,7 @@ class _Loop:
     def _fail(self, job: _Job, reason: str, died: bool) -> None:
         """Fail the trial with its one-line reason, queue it again while its retries last, and end the
         search once failures repeat (_FailureStreak)."""
-        try:
-            fail_and_retry(self.prepared.study, job.trial, reason, self.spec.search.max_retries)
-        except optuna.exceptions.UpdateFinishedTrialError:  # told before recording failed: its state stands
-            pass
+        self.ledger.fail(job.trial, reason)
         self.progress.trial_finished(None)
         self.failures.failed(job, reason, died)
 
@@ -588,19 +502,7 @@ class _Loop:
                 return
         else:
             self.failures.succeeded()
-        error = _bad_candidate(result)
-        if not error:
-            write_results(prepared.folder, job.label, result["examples"])
-        record_side_baseline(prepared.study, SideBaseline(job.label, job.recipe.to_json(),
-                                                          scores=None if error else result["scores"], error=error))
-        try:
-            if error:
-                prepared.side_queue.tell(job.claim, state=TrialState.FAIL)
-            else:
-                prepared.side_queue.tell(job.claim, [result["scores"][o] for o in prepared.info.objectives])
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # taken for lost meanwhile, and queued
-            warnings.warn(f"side baseline '{job.label}' was taken for lost by a driver while this one could not reach "
-                          "the database; it is scored again from the queue", stacklevel=1)
+        self.ledger.record_side_baseline(prepared.side_queue, job.claim, job.label, job.recipe, result)
         self.heartbeat.remove(prepared.side_queue, job.claim)
 
 
@@ -636,7 +538,7 @@ def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | No
             should_stop: Callable[[], bool]) -> optuna.Study:
     prepared = prepare_study(spec, folder, storage)
     with folder_lock(folder) if not shares_storage(prepared.storage) else nullcontext():
-        requeue_interrupted(prepared)
+        requeue_interrupted((prepared.study, prepared.side_queue), prepared.storage)
         if finished_trials(prepared.study) >= spec.search.trials and not _side_baselines_waiting(prepared):
             return prepared.study
         workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
@@ -644,7 +546,8 @@ def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | No
         bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
         try:
             failures = _FailureStreak(max(3, 2 * spec.resources.workers, spec.search.max_retries + 2))
-            _Loop(prepared, spec, workers, bar, heartbeat, should_stop, failures).run()
+            ledger = Ledger(prepared.study, folder, prepared.info.objectives, prepared.screening, spec.search.max_retries)
+            _Loop(prepared, spec, workers, ledger, bar, heartbeat, should_stop, failures).run()
         finally:
             bar.close()
             heartbeat.close()

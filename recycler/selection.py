@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recycler.errors import RecyclerError
+from recycler.pareto import signs
 from recycler.records import FrontEntry
 from recycler.study import StudyInfo
 
@@ -69,7 +70,7 @@ def parse_preference(text: str, objectives: list[str]) -> dict[str, float] | Non
 def _normalized(records: list[FrontEntry], info: StudyInfo) -> np.ndarray:
     """Each objective oriented so higher is better and min-max scaled over these records."""
     values = np.array([[r["scores"][o] for o in info.objectives] for r in records], dtype=float)
-    oriented = values * np.array([1.0 if d == "maximize" else -1.0 for d in info.directions])
+    oriented = values * signs(info.directions)
     low, high = oriented.min(axis=0), oriented.max(axis=0)
     return (oriented - low) / np.where(high > low, high - low, 1.0)
 
@@ -111,3 +112,8 @@ def narrow(records: list[FrontEntry], info: StudyInfo, *, where: list[str] = (),
         return records
     chosen = select(records, info, where=where, preference=preference, limit=limit, front_only=front_only)
     return chosen + [r for r in records if r["baseline"] and r not in chosen]
+
+
+def most_balanced(records: list[FrontEntry], info: StudyInfo) -> FrontEntry:
+    """The front member whose worst held-in objective (min-max normalized over the front) is best."""
+    return rank([r for r in records if r["on_front"]] or records, info, None)[0]

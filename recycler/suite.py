@@ -50,6 +50,16 @@ class SuiteTask(StrictModel):
                     "filters and metrics",
     )
 
+    @property
+    def metric_name(self) -> str:
+        """The metric without its filter: `exact_match` of `exact_match,letters`."""
+        return self.metric.partition(",")[0]
+
+    @property
+    def filter_name(self) -> str | None:
+        """The filter the metric names (`letters` of `exact_match,letters`), if it names one."""
+        return self.metric.partition(",")[2] or None
+
     @field_validator("data_files")
     @classmethod
     def _resolve_data_files(cls, value: DataFiles | None, info: ValidationInfo) -> DataFiles | None:
@@ -222,9 +232,8 @@ def _group_spec(config: dict[str, Any], local: dict[str, dict[str, Any]], scored
 def scored_filter(task: Any, spec: SuiteTask) -> str:
     """The filter whose answers the suite task's metric reads in an lm-eval task: the one the
     metric names (`exact_match,letters`), else the task's first (lm-eval's `none` when it has none)."""
-    named = spec.metric.partition(",")[2]
-    if named:
-        return named
+    if spec.filter_name is not None:
+        return spec.filter_name
     filters = task.config.filter_list
     return filters[0]["name"] if filters else "none"
 
@@ -234,7 +243,7 @@ def _group_metric(group: Any, spec: SuiteTask) -> Any:
     task's metric and the filter its members score (a mean of their scores), or None."""
     from lm_eval.config.group import AggMetricConfig
 
-    metric = spec.metric.split(",")[0]
+    metric = spec.metric_name
     filter_key = scored_filter(members(group)[0], spec)
     return next((entry for entry in group.aggregate_metric_list or []
                  if isinstance(entry, AggMetricConfig) and entry.metric == metric and entry.aggregation == "mean"
@@ -329,7 +338,7 @@ class Suite:
         except Exception as error:  # lm-eval and datasets raise many types; the user needs one line
             detail = one_line(error, 200) or type(error).__name__
             raise RecyclerError(f"{where}: lm-eval cannot load it ({detail})") from None
-        metric = task.metric.split(",")[0]
+        metric = task.metric_name
         if metric not in lm_task.aggregation():
             raise RecyclerError(f"{where}: unknown metric '{metric}' (the task has {', '.join(lm_task.aggregation())})")
         if len(lm_task.eval_docs) == 0:
@@ -355,7 +364,7 @@ class Suite:
             raise RecyclerError(f"{where}: not a valid lm-eval group ({one_line(error, 200)})") from None
         for member in spec["task"]:
             group.add(self._task(task, member, member["task"], f"{where}: member '{member['task']}'", manager))
-        metric = task.metric.split(",")[0]
+        metric = task.metric_name
         if len({lm_task.higher_is_better().get(metric, True) for lm_task in group.get_all_tasks()}) > 1:
             raise RecyclerError(f"{where}: its members disagree on whether a higher {metric} is better")
         filters = sorted({scored_filter(lm_task, task) for lm_task in group.get_all_tasks()})
@@ -373,7 +382,7 @@ class Suite:
         """A task's score from its examples' values of the metric, in example order, as lm-eval
         aggregates them (one place, so a score put together from screening stages is the score
         full evaluation gives)."""
-        return float(task.aggregation()[spec.metric.split(",")[0]](values))
+        return float(task.aggregation()[spec.metric_name](values))
 
     @staticmethod
     def aggregate_group(group: Any, spec: SuiteTask, values: list[list[Any]]) -> float:
@@ -388,7 +397,7 @@ class Suite:
     @staticmethod
     def higher_is_better(task: Any, spec: SuiteTask) -> bool:
         """lm-eval's direction of the task's metric (a group's members agree on it: build_tasks checks)."""
-        return members(task)[0].higher_is_better().get(spec.metric.split(",")[0], True)
+        return members(task)[0].higher_is_better().get(spec.metric_name, True)
 
     @staticmethod
     def aggregated_per_example(task: Any, spec: SuiteTask) -> bool:
@@ -396,14 +405,14 @@ class Suite:
         screening can put a score together from its stages; corpus metrics (bleu, f1) cannot."""
         from lm_eval.api.metrics import mean, median, nanmean, perplexity
 
-        return task.aggregation()[spec.metric.split(",")[0]] in (mean, median, nanmean, perplexity)
+        return task.aggregation()[spec.metric_name] in (mean, median, nanmean, perplexity)
 
     @staticmethod
     def mean_aggregated(task: Any, spec: SuiteTask) -> bool:
         """Whether the task's score is the mean of its examples' values (so a subset bounds it)."""
         from lm_eval.api.metrics import mean
 
-        return task.aggregation()[spec.metric.split(",")[0]] is mean
+        return task.aggregation()[spec.metric_name] is mean
 
     def check_tokenizer(self, tokenizer: Any, checkpoint: str) -> None:
         """A suite that asks for the chat template needs a tokenizer that has one."""

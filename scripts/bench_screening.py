@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from recycler.files import write_text_atomic
-from recycler.front import FrontTracker, dominates, reference_point
+from recycler.front import reference_point
+from recycler.pareto import FrontTracker, dominates
 from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
 from recycler.search import run_search

@@ -24,7 +24,7 @@ import torch
 
 from recycler.baselines import baseline_recipes, reference_labels
 from recycler.files import write_text_atomic
-from recycler.front import hypervolume
+from recycler.pareto import hypervolume
 from recycler.recipes import LinearRecipe
 from recycler.search import make_sampler
 from recycler.space import load_space

@@ -22,7 +22,8 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from recycler.files import write_text_atomic
-from recycler.front import dominates, front_records, hypervolume, reference_point
+from recycler.front import front_records, reference_point
+from recycler.pareto import dominates, hypervolume
 from recycler.search import run_search
 from recycler.spec import load_spec
 from recycler.study import load_study

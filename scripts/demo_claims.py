@@ -24,9 +24,11 @@ from pathlib import Path
 
 from recycler.baselines import UNIFORM
 from recycler.cli import quiet_libraries
-from recycler.front import dominates, front_records, most_balanced
+from recycler.front import front_records
+from recycler.pareto import dominates
 from recycler.records import FrontEntry
 from recycler.search import run_search
+from recycler.selection import most_balanced
 from recycler.spec import load_spec
 from recycler.study import StudyInfo, load_study
 

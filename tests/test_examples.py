@@ -139,7 +139,7 @@ def test_front_shows_answers_beside_a_baseline(searched, capsys):
 
 
 def test_report_shows_answers_of_the_most_balanced_member(searched, tmp_path):
-    from recycler.front import most_balanced
+    from recycler.selection import most_balanced
     from recycler.report import write_report
 
     _, folder = searched

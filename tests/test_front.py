@@ -9,16 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from recycler.front import (
-    FrontTracker,
-    dominates,
-    front_records,
-    front_table,
-    hypervolume,
-    hypervolume_history,
-    most_balanced,
-    reference_point,
-)
+from recycler.front import front_records, front_table, hypervolume_history, reference_point
+from recycler.pareto import FrontTracker, dominates, hypervolume
+from recycler.selection import most_balanced
 from recycler.recipes import LinearRecipe, MergeRecipe, SlerpRecipe, TaskVectorRecipe
 from recycler.study import StudyInfo
 

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from recycler.errors import RecyclerError, format_bytes
 from recycler.merge import MemoryNeeds
 from recycler.pool import load_pool
-from recycler.search import fail_and_retry, finished_trials, run_search
+from recycler.ledger import fail_and_retry, finished_trials
+from recycler.search import run_search
 from recycler.spec import load_spec
 from recycler.workers import MergeWorker
 from tests.suites import add_f1_task

@@ -14,7 +14,8 @@ from recycler.front import front_records
 from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
 from recycler.screening import FrontMember, Screening, choose_subset, complement, merge_stages
-from recycler.search import finished_trials, run_search
+from recycler.ledger import finished_trials
+from recycler.search import run_search
 from recycler.study import load_study
 from recycler.workers import MergeWorker
 

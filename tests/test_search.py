@@ -12,9 +12,11 @@ from recycler.cli import main
 from recycler.coordination import folder_lock
 from recycler.errors import RecyclerError
 from recycler.examples import read_prompts, read_results
-from recycler.front import front_records, hypervolume_history, most_balanced
+from recycler.front import front_records, hypervolume_history
 from recycler.recipes import LinearRecipe, SlerpRecipe
-from recycler.search import finished_trials, prepare_study, run_search
+from recycler.ledger import finished_trials
+from recycler.search import prepare_study, run_search
+from recycler.selection import most_balanced
 from recycler.study import load_study
 from recycler.workers import MergeWorker
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from recycler.errors import RecyclerError
-from recycler.front import dominates, hypervolume, most_balanced
-from recycler.selection import parse_constraint, parse_preference, rank, select
+from recycler.pareto import dominates, hypervolume
+from recycler.selection import most_balanced, parse_constraint, parse_preference, rank, select
 from recycler.study import StudyInfo
 
 INFO = StudyInfo(name="s", fingerprint="f", spec={"checkpoints": [{"name": "a"}, {"name": "b"}]},

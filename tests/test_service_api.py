@@ -90,7 +90,8 @@ def test_studies_queue_run_and_give_fronts_and_exports(tmp_path, local_ray, caps
 
 
 def test_run_search_stops_when_asked(tmp_path, local_ray, pool_spec):
-    from recycler.search import finished_trials, run_search
+    from recycler.ledger import finished_trials
+    from recycler.search import run_search
     from recycler.spec import parse_spec
 
     spec = parse_spec(pool_spec(trials=20), tmp_path / "pool", "spec")

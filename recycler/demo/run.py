@@ -6,9 +6,10 @@ from pathlib import Path
 
 from recycler.demo.build import build_demo_pool
 from recycler.export import export_trial
-from recycler.front import front_records, front_table, most_balanced
+from recycler.front import front_records, front_table
 from recycler.report import write_report
 from recycler.search import run_search
+from recycler.selection import most_balanced
 from recycler.spec import load_spec
 from recycler.study import load_study
 

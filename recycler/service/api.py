@@ -242,7 +242,7 @@ def get_audit(service: ServiceDep, _: Exporter) -> list[AuditEntry]:
 
 
 def _summary(store: Store, row: StudyRow) -> StudySummary:
-    from recycler.search import finished_trials
+    from recycler.ledger import finished_trials
     from recycler.study import load_study
 
     finished = 0

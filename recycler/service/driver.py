@@ -82,7 +82,8 @@ def _end(child: BaseProcess) -> None:
 
 def _child(spec_json: str, folder: str, storage: str | None, address: str | None, stop: Event, send: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from recycler.search import finished_trials, run_search
+    from recycler.ledger import finished_trials
+    from recycler.search import run_search
 
     try:
         spec = PoolSpec.model_validate_json(spec_json)

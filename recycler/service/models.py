@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-StudyState = Literal["queued", "running", "done", "failed", "cancelled", "elsewhere"]  # elsewhere: run by another machine
+StudyState = Literal["queued", "running", "done", "failed", "cancelled", "elsewhere"]  # elsewhere: run by another machine (service/shared.py)
 ExportState = Literal["queued", "running", "done", "failed"]
 
 

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
-STUDY_STATES = ("queued", "running", "done", "failed", "cancelled", "elsewhere")  # elsewhere: recycler/service/shared.py
-EXPORT_STATES = ("queued", "running", "done", "failed")
+from recycler.service.models import ExportState, StudyState
+
+STUDY_STATES = get_args(StudyState)
+EXPORT_STATES = get_args(ExportState)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
