@@ -12,19 +12,15 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
-import torch
 
 from recycler.errors import RecyclerError, format_bytes, one_line
 from recycler.merge import MemoryNeeds
 from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe
 from recycler.spec import PoolSpec
-
-Job = TypeVar("Job")
-
+from recycler.worker_pools import Finished, Job, raised_error, worker_device
 
 def connect_ray(address: str | None) -> None:
     """Join the Ray cluster at `address` (a local one when None) unless this process already has;
@@ -36,29 +32,8 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def worker_device(spec: PoolSpec) -> torch.device:
-    return torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
-
-
-@dataclass(frozen=True)
-class Finished(Generic[Job]):
-    """A job's outcome: the worker's result (scores and timings, or an error it reported), or
-    `raised` with the exception in one line (the worker is kept), or `died` with why, when the
-    worker was lost and replaced."""
-
-    job: Job
-    result: dict[str, Any]
-    died: bool
-    raised: bool = False
-
-    @property
-    def failed(self) -> bool:
-        """Whether the job ended without a result, so the trial is failed and retried."""
-        return self.died or self.raised
-
-
-class WorkerPool(Generic[Job]):
-    """`resources.workers` worker actors; at most one job each in flight."""
+class RayWorkers(Generic[Job]):
+    """`resources.workers` worker actors; at most one job each in flight (a WorkerPool)."""
 
     def __init__(self, spec: PoolSpec, address: str | None, *, progress: bool = False) -> None:
         connect_ray(address)
@@ -216,8 +191,7 @@ def _describe(error: Exception) -> str:
     import ray
 
     if isinstance(error, ray.exceptions.RayTaskError):
-        cause = error.cause
-        return f"{type(cause).__name__}: {one_line(cause, 400)}"
+        return raised_error(error.cause)
     return f"worker died: {_death(one_line(error))}"
 
 

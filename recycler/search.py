@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from transformers import AutoTokenizer
 
 from recycler.baselines import baseline_recipes
-from recycler.cluster import Finished, WorkerPool, worker_device
+from recycler.cluster import RayWorkers
 from recycler.coordination import (
     Heartbeat,
     ask,
@@ -69,6 +69,7 @@ from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
 from recycler.suite import Suite, is_group, load_suite
+from recycler.worker_pools import Finished, SerialWorkers, WorkerPool, worker_device
 
 DEFAULT_SAMPLER = "TPESampler"
 
@@ -519,13 +520,15 @@ def run_search(
     address: str | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    in_process: bool = False,
 ) -> optuna.Study:
     """Run (or continue) the study until spec.search.trials trials have finished.
 
     should_stop, checked each time a worker frees up, ends the search early once the trials in flight finish.
+    in_process scores the candidates in this process, one at a time, without Ray (recycler/worker_pools.py).
     """
     try:
-        return _search(spec, Path(folder), storage, address, progress, should_stop or (lambda: False))
+        return _search(spec, Path(folder), storage, address, progress, should_stop or (lambda: False), in_process)
     except (*_LOST_CONNECTION, optuna.exceptions.StorageInternalError) as error:
         cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
         if not isinstance(cause, _LOST_CONNECTION):  # bad data, not a lost connection
@@ -535,13 +538,13 @@ def run_search(
 
 
 def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | None, progress: bool,
-            should_stop: Callable[[], bool]) -> optuna.Study:
+            should_stop: Callable[[], bool], in_process: bool) -> optuna.Study:
     prepared = prepare_study(spec, folder, storage)
     with folder_lock(folder) if not shares_storage(prepared.storage) else nullcontext():
         requeue_interrupted((prepared.study, prepared.side_queue), prepared.storage)
         if finished_trials(prepared.study) >= spec.search.trials and not _side_baselines_waiting(prepared):
             return prepared.study
-        workers: WorkerPool[_Job] = WorkerPool(spec, address, progress=progress)
+        workers: WorkerPool[_Job] = SerialWorkers(spec) if in_process else RayWorkers(spec, address, progress=progress)
         heartbeat = Heartbeat(prepared.storage, spec.resources.heartbeat_seconds)
         bar = _Progress(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
         try:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inputs", ("task_yaml", "suite", "engine", "engines", "spec", "pool", "recipes", "baselines", "space")),
     ("scoring", ("merge", "engines.*", "evaluate", "workers", "examples", "screening")),
     ("studies", ("records", "coordination", "study", "ledger", "front", "selection", "compare", "report", "export", "verify")),
-    ("search", ("cluster", "search")),
+    ("search", ("worker_pools", "cluster", "search")),
     ("entry points", ("cli", "service", "service.*", "demo", "demo.*")),
 ]
 

@@ -81,11 +81,11 @@ def test_a_killed_worker_fails_only_its_trial_and_is_replaced(tmp_path, local_ra
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 12
 
 
-def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, local_ray, search_spec):
+def test_a_candidate_with_non_finite_weights_fails_with_the_reason(tmp_path, search_spec):
     space = tmp_path / "huge.yaml"
     space.write_text(yaml.safe_dump({"name": "huge", "rule": "linear", "parameters": {"low": 1e38, "high": 3e38}}))
     spec = search_spec(trials=6, space=str(space))
-    study = run_search(spec, tmp_path / "study", progress=False)
+    study = run_search(spec, tmp_path / "study", progress=False, in_process=True)
     merges = [t for t in study.trials if "baseline" not in t.user_attrs]
     assert merges and all(t.state == TrialState.FAIL for t in merges)
     assert all("NaN or inf in tensor" in t.user_attrs["error"] for t in merges)
@@ -125,7 +125,7 @@ def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tm
     )
 
 
-def test_every_candidate_raising_the_same_error_ends_the_search_with_one_line(tmp_path, local_ray, search_spec):
+def test_every_candidate_raising_the_same_error_ends_the_search_with_one_line(tmp_path, search_spec):
     """A held-out task that lm-eval cannot score (f1 of a three-way choice): each trial fails with
     the exception in one line, the workers live on, and the search ends after three candidates."""
     spec = search_spec(trials=8, workers=1)
@@ -137,7 +137,7 @@ def test_every_candidate_raising_the_same_error_ends_the_search_with_one_line(tm
     started = time.monotonic()
     with pytest.raises(RecyclerError, match=r"^every candidate fails the same way \(3 in a row, the last trial \d+\): "
                                             r"ValueError: Target is multiclass"):
-        run_search(spec, tmp_path / "study", progress=False)
+        run_search(spec, tmp_path / "study", progress=False, in_process=True)
     assert time.monotonic() - started < 120
     from recycler.study import load_study
 
@@ -147,17 +147,17 @@ def test_every_candidate_raising_the_same_error_ends_the_search_with_one_line(tm
     assert all("\n" not in t.user_attrs["error"] for t in failed)
 
 
-def test_a_result_the_driver_cannot_record_fails_its_trial_with_the_reason(tmp_path, local_ray, search_spec):
+def test_a_result_the_driver_cannot_record_fails_its_trial_with_the_reason(tmp_path, search_spec):
     """A trial whose per-example file cannot be written (its path is taken by a folder): the trial
     fails with that reason and is retried, and once every candidate fails so the search says why."""
     spec = search_spec(trials=1, workers=1)
     folder = tmp_path / "study"
-    run_search(spec, folder, progress=False)
+    run_search(spec, folder, progress=False, in_process=True)
     for number in range(1, 40):
         (folder / "examples" / f"trial-{number:06d}.json").mkdir()
     with pytest.raises(RecyclerError, match=r"^every candidate fails the same way .*: recording its result failed: "
                                             r"IsADirectoryError"):
-        run_search(spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 12})}), folder, progress=False)
+        run_search(spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 12})}), folder, progress=False, in_process=True)
     from recycler.study import load_study
 
     study, _ = load_study(folder)

@@ -70,9 +70,9 @@ def full_scores(spec, trial):
     return MergeWorker(spec).evaluate(trial.recipe)["scores"]
 
 
-def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, local_ray, search_spec):
+def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, search_spec):
     spec = search_spec(trials=10, fidelity={"screen_fraction": 0.3, "confidence": 0.999})
-    study = run_search(spec, tmp_path / "study", progress=False)
+    study = run_search(spec, tmp_path / "study", progress=False, in_process=True)
     trials = stored_trials(study)
     promoted = [t for t in trials if t.complete and t.screening is not None]
     assert promoted and all(t.screening["finished"] for t in promoted)
@@ -88,11 +88,11 @@ def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, loca
     assert baselines[0].forward_tokens == worker.evaluate(baselines[0].recipe)["forward_tokens"]
 
 
-def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, local_ray, search_spec):
+def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, search_spec):
     spec = search_spec(trials=16, fidelity={"screen_fraction": 0.25, "confidence": 0.55, "seed": 2})
     spec = spec.model_copy(update={"objectives": ["pick"]})  # sums is 0 for every random merge: nothing to drop on
     folder = tmp_path / "study"
-    study = run_search(spec, folder, progress=False)
+    study = run_search(spec, folder, progress=False, in_process=True)
     trials = stored_trials(study)
     dropped = [t for t in trials if t.screened_out]
     assert dropped, "a tiny random pool screened at 55% confidence drops some candidates"
@@ -119,12 +119,12 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, loc
     assert set(study.user_attrs["screening_subset"]) == {"sums", "pick", "carry"}
 
 
-def test_the_subset_survives_a_resume(tmp_path, local_ray, search_spec):
+def test_the_subset_survives_a_resume(tmp_path, search_spec):
     spec = search_spec(trials=6, fidelity={"screen_fraction": 0.25, "confidence": 0.6})
     folder = tmp_path / "study"
-    subset = json.dumps(run_search(spec, folder, progress=False).user_attrs["screening_subset"])
+    subset = json.dumps(run_search(spec, folder, progress=False, in_process=True).user_attrs["screening_subset"])
     more = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 10})})
-    study = run_search(more, folder, progress=False)
+    study = run_search(more, folder, progress=False, in_process=True)
     assert json.dumps(study.user_attrs["screening_subset"]) == subset
     assert finished_trials(study) == 10
     screened = [t for t in stored_trials(study) if t.screening is not None]
@@ -132,7 +132,7 @@ def test_the_subset_survives_a_resume(tmp_path, local_ray, search_spec):
     assert recipe_from_json(screened[-1].recipe) is not None
 
 
-def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, local_ray, search_spec):
+def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, search_spec):
     from recycler.study import JOURNAL_FILE
 
     spec = search_spec(trials=10, workers=1, fidelity={"screen_fraction": 0.3, "confidence": 0.999})
@@ -142,7 +142,7 @@ def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, local_ray, se
         journal = folder / JOURNAL_FILE
         return journal.is_file() and '"finished":true' in journal.read_text().replace(" ", "")
 
-    study = run_search(spec, folder, progress=False, should_stop=promoted_once)
+    study = run_search(spec, folder, progress=False, in_process=True, should_stop=promoted_once)
     trials = stored_trials(study)
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     promoted = [t for t in trials if t.screening is not None and t.screening["finished"]]

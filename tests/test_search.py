@@ -21,10 +21,10 @@ from recycler.study import load_study
 from recycler.workers import MergeWorker
 
 
-def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray, search_spec):
+def test_search_runs_baselines_first_and_resumes(tmp_path, search_spec):
     spec = search_spec()
     folder = tmp_path / "study"
-    study = run_search(spec, folder, progress=False)
+    study = run_search(spec, folder, progress=False, in_process=True)
     trials = sorted(study.trials, key=lambda t: t.number)
     assert finished_trials(study) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
     assert [t.user_attrs.get("baseline") for t in trials[:4]] == ["c0", "c1", "c2", "uniform"]
@@ -50,7 +50,7 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray, search_spe
 
     before = {t.number: (t.params, t.values) for t in study.trials}
     bigger = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": 11})})
-    study = run_search(bigger, folder, progress=False)
+    study = run_search(bigger, folder, progress=False, in_process=True)
     assert finished_trials(study) == 11 and len(study.trials) == 11
     assert {t.number: (t.params, t.values) for t in study.trials if t.number in before} == before
     assert sum("baseline" in t.user_attrs for t in study.trials) == 4
@@ -61,14 +61,14 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, local_ray, search_spe
     assert read_results(folder, "slerp") is not None and set(read_prompts(folder)) == {"sums", "pick", "carry"}
 
 
-def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray, search_spec):
+def test_interrupted_trials_are_failed_and_run_again(tmp_path, search_spec):
     spec = search_spec(trials=6)
     folder = tmp_path / "study"
     prepared = prepare_study(spec, folder)
     study, space = prepared.study, prepared.space
     running = study.ask()  # a search killed while this trial was being scored leaves it RUNNING
     running.set_user_attr("recipe", space.suggest(running).to_json())  # as the driver records it
-    study = run_search(spec, folder, progress=False)
+    study = run_search(spec, folder, progress=False, in_process=True)
     by_number = {t.number: t for t in study.trials}
     assert by_number[0].state == TrialState.FAIL
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
@@ -77,10 +77,10 @@ def test_interrupted_trials_are_failed_and_run_again(tmp_path, local_ray, search
     assert finished_trials(study) == 6
 
 
-def test_front_json_from_the_command(tmp_path, local_ray, search_spec):
+def test_front_json_from_the_command(tmp_path, search_spec):
     spec = search_spec(trials=6, space="linear")
     folder = tmp_path / "study"
-    run_search(spec, folder, progress=False)
+    run_search(spec, folder, progress=False, in_process=True)
     result = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder), "--format", "json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -116,13 +116,13 @@ def test_front_json_from_the_command(tmp_path, local_ray, search_spec):
     assert json.loads((tmp_path / "picked" / "recycler.json").read_text())["scores"] == eligible[0]["scores"]
 
 
-def test_report_and_export_of_a_trial(tmp_path, local_ray, search_spec):
+def test_report_and_export_of_a_trial(tmp_path, search_spec):
     from recycler.export import export_trial
     from recycler.report import write_report
 
     spec = search_spec(trials=6)
     folder = tmp_path / "study"
-    run_search(spec, folder, progress=False)
+    run_search(spec, folder, progress=False, in_process=True)
     page = write_report(folder).read_text()
     assert 'id="front-plot"' in page and 'id="hv-plot"' in page and "<script src=" not in page
     assert 'id="tradeoff-plot"' in page and '"type":"parcoords"' in page
@@ -143,13 +143,13 @@ def test_report_and_export_of_a_trial(tmp_path, local_ray, search_spec):
     assert exported["recipe"] == best.user_attrs["recipe"]
 
 
-def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, local_ray, search_spec):
+def test_verify_rechecks_files_and_scores_of_an_export(tmp_path, search_spec):
     from recycler.export import export_trial
     from recycler.verify import verify_export
 
     spec = search_spec(trials=6)
     folder = tmp_path / "study"
-    study = run_search(spec, folder, progress=False)
+    study = run_search(spec, folder, progress=False, in_process=True)
     trial = max(study.best_trials, key=lambda t: t.number)
     out = export_trial(folder, trial.number, tmp_path / "export")
     result = verify_export(out)
@@ -204,7 +204,7 @@ def test_a_second_driver_on_a_study_folder_with_a_journal_is_refused_with_one_li
     assert not load_study(folder)[0].trials[0].state.is_finished()  # the holder's queue was left alone
 
 
-def test_corpus_metrics_held_in_and_held_out_are_searched_and_shown(tmp_path, local_ray, search_spec, capsys):
+def test_corpus_metrics_held_in_and_held_out_are_searched_and_shown(tmp_path, search_spec, capsys):
     """lm-eval's corpus-level f1 (its per-example value is a pair, its score an aggregate): scored,
     recorded, on the front, in the report and beside a baseline's answers, per-example values kept
     as not comparable."""
@@ -219,7 +219,7 @@ def test_corpus_metrics_held_in_and_held_out_are_searched_and_shown(tmp_path, lo
     suite = yaml.safe_load((tmp_path / "suite" / "suite.yaml").read_text())
     suite.update(held_in=[{"task": "sums"}, {"task": "pickf1", "metric": "f1"}], held_out=[{"task": "pairf1", "metric": "f1"}])
     (tmp_path / "suite" / "suite.yaml").write_text(yaml.safe_dump(suite))
-    study = run_search(spec, tmp_path / "study", progress=False)
+    study = run_search(spec, tmp_path / "study", progress=False, in_process=True)
     assert finished_trials(study) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
     _, info = load_study(tmp_path / "study")
     records = front_records(study, info, include_all=True)
