@@ -3,7 +3,7 @@
 A pool spec names the checkpoints (spec, pool), a search space turns Optuna's parameters into merge
 recipes (space, recipes), workers materialize each candidate (merge, residency, engines) and score it
 with lm-eval (suite, evaluate, workers), the search schedules them (search, cluster, coordination) and
-keeps the outcomes in Optuna storage (records, study), and the front is read from there (pareto, front,
+keeps the outcomes in Optuna storage (ledger, records, study), and the front is read from there (pareto, front,
 selection, report, export). The README's code map has each module's one job.
 """
 

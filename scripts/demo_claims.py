@@ -10,7 +10,7 @@ For each seed: a study like the demo's (`recycler demo`'s space, sampler, trials
   favours them), and the scores of the most balanced front member (picked on held-in scores only,
   as the demo exports it).
 
-Usage: python scripts/demo_claims.py [--pool recycler-demo/pool/pool.yaml] [--seeds 0 1 2] [--out DIR]
+Usage: python scripts/demo_claims.py [--pool recycler-demo/pool/pool.yaml] [--seeds 0 1 2] [--out recycler-demo/claims]
 Prints one block per seed and writes DIR/claims.json.
 """
 
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("demo-claims"))
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "recycler-demo" / "claims")
     args = parser.parse_args()
     quiet_libraries()
     spec = load_spec(args.pool)

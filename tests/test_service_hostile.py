@@ -161,6 +161,8 @@ CASES: dict[str, tuple[Callable[[Scene], object], int, str]] = {
     "a tag of its own": (_yaml("metadata: !include /etc/passwd\n"), 422, "not a valid lm-eval task YAML"),
     "!function in a YAML no task uses": (_files({"suite/tasks/unused.yaml": "task: unused\ndataset_path: json\ndoc_to_text: !function evil.process\n"}), 403, "task 'unused'"),
     "!function in a group YAML": (_files({"suite/tasks/group.yaml": "group: g\ntask: [sums]\naggregate_metric_list: !function evil.process\n"}), 403, CODE),
+    "a group pushing task code onto its members": (_files({"suite/tasks/group.yaml": "group: g\ntask: [sums]\nprocess_results: evil.process\n"}),
+                                                   403, "task 'g' (group.yaml): process_results loads Python"),
     "process_results as a name": (_yaml("process_results: evil.process\n"), 403, "process_results loads Python"),
     "a custom dataset": (_yaml("custom_dataset: evil.process\n"), 403, "custom_dataset loads Python"),
     "use_prompt from a file": (_yaml("use_prompt: FILE:{outside}/base.yaml\n"), 403, "use_prompt loads Python"),

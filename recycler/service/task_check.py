@@ -51,7 +51,7 @@ def check_suite_tasks(suite: SuiteSpec, roots: AllowedRoots) -> dict[Path, TaskY
     for path in task_yaml_files(suite.task_dir):
         relative = path.relative_to(suite.task_dir)
         task = read_task_yaml(path, f"suite.task_dir: {relative}", roots.inside, roots.contains)
-        name = task.config.get("task") if isinstance(task.config.get("task"), str) else path.name
+        name = next((task.config[key] for key in ("task", "group") if isinstance(task.config.get(key), str)), path.name)
         where = f"suite.task_dir: task '{name}' ({relative})"
         keys = {what: key for key, what in function_values(task.config, "")}
         for file, function, line in task.functions():
