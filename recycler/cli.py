@@ -28,7 +28,7 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from recycler.worker_pools import worker_device
+    from recycler.workers import worker_device
     from recycler.errors import format_bytes
     from recycler.merge import MemoryNeeds
     from recycler.pool import load_pool

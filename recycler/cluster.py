@@ -14,13 +14,14 @@ import re
 import time
 from typing import Any, Generic
 
-
 from recycler.errors import RecyclerError, format_bytes, one_line
 from recycler.merge import MemoryNeeds
 from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe
+from recycler.results import CandidateResult
 from recycler.spec import PoolSpec
-from recycler.worker_pools import Finished, Job, raised_error, worker_device
+from recycler.worker_pools import Finished, Job, raised_error
+from recycler.workers import MergeWorker, worker_device
 
 def connect_ray(address: str | None) -> None:
     """Join the Ray cluster at `address` (a local one when None) unless this process already has;
@@ -78,7 +79,7 @@ class RayWorkers(Generic[Job]):
             if isinstance(error.cause, ray.exceptions.RayError):
                 return self._lost(worker, job, error)
             self.idle.append(worker)
-            return Finished(job, {"error": _describe(error)}, died=False, raised=True)
+            return Finished(job, CandidateResult.failed(_describe(error)), died=False, raised=True)
         except ray.exceptions.RayError as error:  # the actor died, its node or its result was lost
             return self._lost(worker, job, error)
         self.idle.append(worker)
@@ -90,7 +91,7 @@ class RayWorkers(Generic[Job]):
         self.workers.remove(worker)
         ray.kill(worker)
         self._replace()
-        return Finished(job, {"error": _describe(error)}, died=True)
+        return Finished(job, CandidateResult.failed(_describe(error)), died=True)
 
     def _replace(self) -> None:
         """Ask for a new worker without waiting for it: Ray starts it where there is room."""
@@ -179,8 +180,6 @@ class RayWorkers(Generic[Job]):
     def _new_worker(self, cpus: int) -> Any:
         """A worker actor holding `cpus` CPU slots (and its GPUs), told how many threads it has."""
         import ray
-
-        from recycler.workers import MergeWorker
 
         resources = self.spec.resources
         actor = ray.remote(MergeWorker).options(num_cpus=cpus, num_gpus=resources.gpus_per_worker, max_concurrency=1)

@@ -12,7 +12,6 @@ from pathlib import Path
 from recycler.errors import RecyclerError
 from recycler.examples import (
     ExampleText,
-    TaskResults,
     read_prompts,
     read_results,
     results_kept,
@@ -24,6 +23,7 @@ from recycler.records import (
     TaskComparison,
     entry_key,
 )
+from recycler.results import TaskExamples
 from recycler.selection import rank
 from recycler.study import StudyInfo
 
@@ -56,12 +56,12 @@ def default_beside(study_dir: Path, records: list[FrontEntry], info: StudyInfo, 
     return rank(kept, info, None)[0]["baseline_name"] if kept else None
 
 
-def _task(results: TaskResults, texts: list[ExampleText], theirs: TaskResults | None, count: int) -> TaskComparison:
-    answers = theirs.get("answers") if theirs is not None else None
+def _task(results: TaskExamples, texts: list[ExampleText], theirs: TaskExamples | None, count: int) -> TaskComparison:
+    answers = theirs.answers if theirs is not None else None
     rows = [
         ExampleRow(index=i, prompt=text["prompt"], target=text["target"], answer=answer, score=score,
-                   beside_answer=answers[i] if answers else None, beside_score=theirs["scores"][i] if answers else None)
-        for i, (text, answer, score) in enumerate(zip(texts, results["answers"], results["scores"]))
+                   beside_answer=answers[i] if answers else None, beside_score=theirs.scores[i] if answers else None)
+        for i, (text, answer, score) in enumerate(zip(texts, results.answers, results.scores))
     ]
     if not answers:
         return TaskComparison(total=len(rows), differ=None, examples=rows[:count])
@@ -84,7 +84,7 @@ class _Reader:
             return ExampleComparison(beside=self.beside, kept=False, tasks={})
         tasks = {
             task: _task(r, self.prompts.get(task, []), (self.theirs or {}).get(task), count)
-            for task, r in results.items() if "answers" in r
+            for task, r in results.items() if r.answers is not None
         }
         return ExampleComparison(beside=self.beside, kept=True, tasks=tasks)
 

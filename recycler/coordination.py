@@ -7,20 +7,23 @@ first (`optuna.storages.fail_stale_trials`). Baselines the search space cannot e
 trials of the study; they wait in a companion study of their own, from which each driver claims
 one atomically (the storage's WAITING→RUNNING change, as Optuna pops enqueued trials), so each is
 scored once. A journal file has no heartbeats: one driver at a time holds its study folder's lock.
+The two ways are two `Coordination`s (`SharedDatabase`, `JournalFolder`): the search asks the
+study's for what it needs and never asks which storage it has.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import random
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import sqlalchemy.exc
@@ -41,11 +44,6 @@ GRACE_BEATS = 3  # heartbeats a driver may miss before its trials are presumed l
 TABLE_CREATION_TRIES = 3
 ORPHAN_GRACES = 10  # grace periods after which a RUNNING trial that never beat is presumed lost
 LOCK_FILE = "driver.lock"
-
-
-def shares_storage(storage: optuna.storages.BaseStorage) -> bool:
-    """Whether several drivers can share this storage: only a database has heartbeats."""
-    return isinstance(storage, RDBStorage)
 
 
 def database_storage(url: str, heartbeat_seconds: int | None) -> RDBStorage:
@@ -116,23 +114,19 @@ def ask(study: optuna.Study) -> optuna.Trial:
 
 
 class Heartbeat:
-    """Beats, every interval, for the trials this driver has in flight, by storage trial id."""
+    """Beats, every interval, for the trials this driver has in flight in a database, by storage trial id."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, seconds: float) -> None:
+    def __init__(self, storage: RDBStorage, seconds: float) -> None:
         self.storage, self.seconds = storage, seconds
         self._trials: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if shares_storage(storage):
-            self._thread = threading.Thread(target=self._run, name="recycler-heartbeat", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="recycler-heartbeat", daemon=True)
+        self._thread.start()
 
     def add(self, study: optuna.Study, number: int) -> None:
         """Beat for this trial from now on; the first beat is now, and the trial is marked as beating
         (see `fail_lost_trials`), so a driver killed at any point leaves a trial that goes stale."""
-        if self._thread is None:
-            return
         trial_id = _trial_id(self.storage, study, number)
         self.storage.record_heartbeat(trial_id)
         mark_beating(self.storage, trial_id)
@@ -140,8 +134,6 @@ class Heartbeat:
             self._trials.add(trial_id)
 
     def remove(self, study: optuna.Study, number: int) -> None:
-        if self._thread is None:
-            return
         trial_id = _trial_id(self.storage, study, number)
         with self._lock:
             self._trials.discard(trial_id)
@@ -149,8 +141,7 @@ class Heartbeat:
     def close(self) -> None:
         """Stop beating; a beat stuck on a database that went away does not hold the driver's exit."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.seconds)
+        self._thread.join(timeout=self.seconds)
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
@@ -206,3 +197,95 @@ def folder_lock(folder: Path) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
 
+
+
+class Coordination(Protocol):
+    """How the drivers of one study keep out of each other's way; the study's storage decides which
+    (`coordination_for`), and the search calls only these."""
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Hold the study for this driver while it runs."""
+
+    def sampler_seed(self, seed: int) -> int:
+        """The seed of this driver's sampler, from the spec's seed moved on by the trials run."""
+
+    def requeue_interrupted(self, study: optuna.Study) -> None:
+        """At start: fail the trials a stopped driver left running, and queue their work again."""
+
+    def requeue_lost(self, study: optuna.Study) -> None:
+        """While running: the same for trials of drivers that stopped since."""
+
+    def beat(self, study: optuna.Study, number: int) -> None:
+        """This driver has the trial in flight from now on."""
+
+    def stop_beating(self, study: optuna.Study, number: int) -> None:
+        """This driver is through with the trial."""
+
+
+class JournalFolder:
+    """A study in its folder's journal file, which has no heartbeats: one driver at a time holds the
+    folder's lock, so every trial left running at start was interrupted, and none is lost meanwhile."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def holding(self) -> AbstractContextManager[None]:
+        return folder_lock(self.folder)
+
+    def sampler_seed(self, seed: int) -> int:
+        return seed
+
+    def requeue_interrupted(self, study: optuna.Study) -> None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+            requeue_lost(study, trial)
+
+    def requeue_lost(self, study: optuna.Study) -> None:
+        """No other driver runs this study, so none can lose a trial of it."""
+
+    def beat(self, study: optuna.Study, number: int) -> None:
+        """Nothing to beat: the folder's lock says this driver is alive."""
+
+    def stop_beating(self, study: optuna.Study, number: int) -> None:
+        """Nothing to beat."""
+
+
+class SharedDatabase:
+    """A study in a database, shared by any number of drivers: each beats for its trials in flight,
+    and any of them fails and requeues the trials of a driver that stopped beating. Each driver's
+    sampler is seeded apart, so drivers running together do not propose the same points."""
+
+    def __init__(self, storage: RDBStorage, heartbeat_seconds: float) -> None:
+        self.storage, self.heartbeat_seconds = storage, heartbeat_seconds
+        self._heartbeat: Heartbeat | None = None
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        self._heartbeat = Heartbeat(self.storage, self.heartbeat_seconds)
+        try:
+            yield
+        finally:
+            self._heartbeat.close()
+            self._heartbeat = None
+
+    def sampler_seed(self, seed: int) -> int:
+        return seed + random.SystemRandom().randrange(1 << 30)
+
+    def requeue_interrupted(self, study: optuna.Study) -> None:
+        fail_lost_trials(study, self.storage)
+
+    def requeue_lost(self, study: optuna.Study) -> None:
+        fail_lost_trials(study, self.storage)
+
+    def beat(self, study: optuna.Study, number: int) -> None:
+        self._heartbeat.add(study, number)
+
+    def stop_beating(self, study: optuna.Study, number: int) -> None:
+        self._heartbeat.remove(study, number)
+
+
+def coordination_for(storage: optuna.storages.BaseStorage, folder: Path, heartbeat_seconds: float) -> Coordination:
+    """A database's drivers share the study through heartbeats; a journal file's hold its folder."""
+    if isinstance(storage, RDBStorage):
+        return SharedDatabase(storage, heartbeat_seconds)
+    return JournalFolder(folder)

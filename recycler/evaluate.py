@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,42 +18,11 @@ import torch
 from recycler.engine import EvaluationEngine
 from recycler.errors import RecyclerError
 from recycler.library_seams import apply_filters_to
+from recycler.results import CandidateResult, Costs, TaskExamples
 from recycler.suite import Suite, SuiteTask, is_group, members, scored_filter
 
 # Example indices by task, in the suite's example order: what a screening stage scores.
 Selection = Mapping[str, Collection[int]]
-
-
-@dataclass(frozen=True)
-class TaskExamples:
-    """Per example, in the suite's example order: the metric's value and, for generation tasks,
-    the answer after the task's filters (what the metric compared)."""
-
-    scores: list[float | None]  # None where the metric's per-example value is not a number (bleu, f1: pairs)
-    answers: list[str] | None = None
-    indices: list[int] | None = None  # the examples scored, when not all of them
-
-    def to_json(self) -> dict[str, list]:
-        optional = {"answers": self.answers, "indices": self.indices}
-        return {"scores": self.scores, **{key: value for key, value in optional.items() if value is not None}}
-
-    @staticmethod
-    def joined(parts: list[TaskExamples]) -> TaskExamples:
-        """A group's examples: its members' one after another (as Suite.example_texts lists their
-        prompts), with answers where every member has them."""
-        answers = [a for part in parts for a in part.answers] if all(part.answers is not None for part in parts) else None
-        return TaskExamples([score for part in parts for score in part.scores], answers)
-
-
-@dataclass(frozen=True)
-class SuiteScores:
-    """A score per task, each example's result, where the time went, and the tokens run."""
-
-    scores: dict[str, float]
-    examples: dict[str, TaskExamples]
-    forward_seconds: float
-    total_seconds: float
-    forward_tokens: int
 
 
 class Scorer:
@@ -83,9 +51,9 @@ class Scorer:
                     self._requests[instance.request_type].append(instance)
 
     @torch.no_grad()
-    def score(self, examples: Selection | None = None) -> SuiteScores:
+    def score(self, examples: Selection | None = None) -> CandidateResult:
         """Run every request (or those of the selected examples) through the model and aggregate
-        each task's metric over the examples scored."""
+        each task's metric over the examples scored; the costs are the scoring's (no merge)."""
         started = time.perf_counter()
         forward_before, tokens_before = self._count.seconds, self._count.tokens
         for request_type, every in self._requests.items():
@@ -99,12 +67,11 @@ class Scorer:
                 instance.resps.append(response)
         results = {spec.task: self._aggregate(spec, None if examples is None else set(examples.get(spec.task, ())))
                    for spec in self.suite.tasks}
-        return SuiteScores(
+        return CandidateResult(
             scores={task: score for task, (score, _) in results.items()},
             examples={task: examples for task, (_, examples) in results.items()},
-            forward_seconds=self._count.seconds - forward_before,
-            total_seconds=time.perf_counter() - started,
-            forward_tokens=self._count.tokens - tokens_before,
+            costs=Costs(forward_seconds=self._count.seconds - forward_before, trial_seconds=time.perf_counter() - started,
+                        forward_tokens=self._count.tokens - tokens_before),
         )
 
     def _aggregate(self, spec: SuiteTask, chosen: set[int] | None) -> tuple[float, TaskExamples]:

@@ -6,7 +6,7 @@ audited and compared example by example.
     STUDY/examples/baseline-ties.json     a baseline scored beside the search
 
 A result file holds, per task, each example's score and, for a generation task, its answer after the
-task's filters, in the order of prompts.json. They are files rather than Optuna user attributes
+task's filters, in the order of prompts.json (`TaskExamples` in its JSON form, recycler/results.py). They are files rather than Optuna user attributes
 because Optuna reads every attribute of every trial each time a study is loaded. A study from before
 they were kept has no such files: readers get None and show no examples.
 """
@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
 from recycler.errors import RecyclerError
 from recycler.files import write_text_atomic
+from recycler.results import TaskExamples
 
 EXAMPLES_DIR = "examples"
 PROMPTS_FILE = "prompts.json"
-
-
-class TaskResults(TypedDict):
-    """One task's per-example results, as the worker reports them."""
-
-    scores: list[float | None]  # None: a corpus metric's per-example value (bleu, f1: a pair), not comparable alone
-    answers: NotRequired[list[str]]  # generation tasks only
 
 
 class ExampleText(TypedDict):
@@ -44,11 +38,6 @@ def _results_file(study_dir: Path, key: int | str) -> Path:
     """A trial's file (by number) or a side baseline's (by label)."""
     name = f"trial-{key:06d}" if isinstance(key, int) else f"baseline-{key}"
     return _folder(study_dir) / f"{name}.json"
-
-
-def _compact(value: float | None) -> float | int | None:
-    """0.0 and 1.0 written as 0 and 1: most per-example scores are."""
-    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _dump(data: object) -> str:
@@ -76,19 +65,18 @@ def read_prompts(study_dir: Path) -> dict[str, list[ExampleText]] | None:
     return _load(_folder(study_dir) / PROMPTS_FILE)
 
 
-def write_results(study_dir: Path, key: int | str, results: dict[str, TaskResults]) -> None:
+def write_results(study_dir: Path, key: int | str, results: dict[str, TaskExamples]) -> None:
     """A candidate's per-example results: a trial by number, a side baseline by label."""
-    compact = {task: {**r, "scores": [_compact(v) for v in r["scores"]]} for task, r in results.items()}
-    write_text_atomic(_results_file(study_dir, key), _dump(compact))
+    write_text_atomic(_results_file(study_dir, key), _dump({task: r.to_json() for task, r in results.items()}))
 
 
 def results_kept(study_dir: Path, key: int | str) -> bool:
     return _results_file(study_dir, key).is_file()
 
 
-def read_results(study_dir: Path, key: int | str) -> dict[str, TaskResults] | None:
+def read_results(study_dir: Path, key: int | str) -> dict[str, TaskExamples] | None:
     """A candidate's per-example results, or None where none were kept."""
     results = _load(_results_file(study_dir, key))
     if results is None:
         return None
-    return {task: {**r, "scores": [None if v is None else float(v) for v in r["scores"]]} for task, r in results.items()}
+    return {task: TaskExamples.from_json(r) for task, r in results.items()}

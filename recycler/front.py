@@ -59,8 +59,8 @@ def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = F
     trials = stored_trials(study)
     keep = [t for t in trials if t.complete and (include_all or t.number in numbers or t.baseline is not None)]
     keep += [t for t in trials if include_all and t.screened_out]
-    records = [_entry(t.number, t.baseline, t.recipe, t.scores if t.complete else t.screening["scores"], t.number in numbers,
-                      screened_out=t.screened_out, dominated_by=t.screening.get("dominated_by") if t.screened_out else None)
+    records = [_entry(t.number, t.baseline, t.recipe, t.scores if t.complete else t.screening.scores, t.number in numbers,
+                      screened_out=t.screened_out, dominated_by=t.screening.dominated_by if t.screened_out else None)
                for t in sorted(keep, key=lambda t: t.number)]
     records += [_entry(None, b.label, b.recipe, b.scores, False) for b in side_baselines(study).values() if b.scores is not None]
     for r in records:

@@ -4,20 +4,18 @@ A worker's result becomes a completed trial (its scores on the trial, its per-ex
 the study folder), a failed one (its one-line reason, queued again while retries last), a trial
 dropped at screening, or a baseline scored beside the search. The budget is counted here too, so
 the search driver and the service agree on what a finished trial is. Each writer takes the study
-and what it needs explicitly.
+and what it needs explicitly. Which trials a stopped driver left running depends on the storage,
+so the study's coordination fails and requeues those (recycler/coordination.py).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from recycler.coordination import fail_lost_trials, requeue_lost, shares_storage
 from recycler.examples import write_results
 from recycler.recipes import MergeRecipe
 from recycler.records import (
@@ -32,6 +30,7 @@ from recycler.records import (
     record_subset_scores,
     stored_trials,
 )
+from recycler.results import CandidateResult
 from recycler.screening import Screening, Verdict
 
 
@@ -63,34 +62,6 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial, error: str, max_ret
     return True
 
 
-def requeue_interrupted(studies: tuple[optuna.Study, ...], storage: optuna.storages.BaseStorage) -> None:
-    """Trials (and side baselines) left RUNNING by a killed driver: mark them failed and queue their
-    work again. In a database that happens once the driver's heartbeat is stale (another driver may
-    be running them); a journal file has one driver at a time, so all of them at once.
-
-    A trial killed before all its parameters were drawn (its recipe is recorded once they are)
-    had nothing evaluated; it is failed only. Being interrupted does not use up an attempt.
-    """
-    for study in studies:
-        if shares_storage(storage):
-            fail_lost_trials(study, storage)
-            continue
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
-            requeue_lost(study, trial)
-
-
-def _non_finite(scores: dict[str, Any]) -> str | None:
-    """The error for the first score that is not a finite number, if any."""
-    bad = [task for task, value in scores.items() if not isinstance(value, (int, float)) or not math.isfinite(value)]
-    return f"non-finite score on task '{bad[0]}'" if bad else None
-
-
-def bad_candidate(result: dict[str, Any]) -> str | None:
-    """Why a worker's result is a bad candidate (NaN/inf weights, non-finite scores), if it is one."""
-    return result.get("error") or _non_finite(result["scores"])
-
-
 class Ledger:
     """Writes one study's outcomes: its trials on the study, their examples in its folder."""
 
@@ -102,22 +73,21 @@ class Ledger:
         self.screening = screening
         self.max_retries = max_retries
 
-    def record(self, trial: optuna.Trial, result: dict[str, Any]) -> list[float] | None:
+    def record(self, trial: optuna.Trial, result: CandidateResult) -> list[float] | None:
         """Store a worker's result on the trial, and its per-example results in the study folder, and
         return its objective values; a bad candidate (non-finite weights or scores) fails with the
         reason, keeps no examples, returns None, and is not retried: it would fail again."""
-        if "error" not in result:
+        if result.error is None:
             record_scores(trial, result)
-        error = bad_candidate(result)
-        if error:
-            record_error(trial, error)
+        if result.bad is not None:
+            record_error(trial, result.bad)
             self.study.tell(trial, state=TrialState.FAIL)
             return None
-        write_results(self.folder, trial.number, result["examples"])
+        write_results(self.folder, trial.number, result.examples)
         if self.screening is not None:  # what later candidates are paired with at screening
-            record_subset_scores(trial, self.screening.on_subset(result["examples"], self.objectives))
-        record_cost(trial, sum(len(task["scores"]) for task in result["examples"].values()), result["forward_tokens"])
-        values = [result["scores"][o] for o in self.objectives]
+            record_subset_scores(trial, self.screening.on_subset(result.examples, self.objectives))
+        record_cost(trial, result.examples_scored, result.costs.forward_tokens)
+        values = [result.scores[o] for o in self.objectives]
         self.study.tell(trial, values)
         return values
 
@@ -142,18 +112,18 @@ class Ledger:
         record_cost(trial, self.screening.screened_examples, forward_tokens)
 
     def record_side_baseline(self, side_queue: optuna.Study, claim: int, label: str, recipe: MergeRecipe,
-                             result: dict[str, Any]) -> None:
+                             result: CandidateResult) -> None:
         """Store a side baseline's scores (or why it has none) on the study and close its claim in the queue."""
-        error = bad_candidate(result)
+        error = result.bad
         if not error:
-            write_results(self.folder, label, result["examples"])
-        record_side_baseline(self.study, SideBaseline(label, recipe.to_json(), scores=None if error else result["scores"],
+            write_results(self.folder, label, result.examples)
+        record_side_baseline(self.study, SideBaseline(label, recipe.to_json(), scores=None if error else result.scores,
                                                       error=error))
         try:
             if error:
                 side_queue.tell(claim, state=TrialState.FAIL)
             else:
-                side_queue.tell(claim, [result["scores"][o] for o in self.objectives])
+                side_queue.tell(claim, [result.scores[o] for o in self.objectives])
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # taken for lost meanwhile, and queued
             warnings.warn(f"side baseline '{label}' was taken for lost by a driver while this one could not reach "
                           "the database; it is scored again from the queue", stacklevel=1)

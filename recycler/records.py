@@ -10,7 +10,7 @@ the study folder, not attributes (recycler/examples.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 import optuna
@@ -19,6 +19,7 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from recycler.recipes import LinearRecipe, MergeRecipe
+from recycler.results import TIMING, CandidateResult
 
 if TYPE_CHECKING:
     from recycler.screening import Verdict
@@ -32,7 +33,7 @@ _BASELINE = "baseline"  # the label of a baseline the search space expresses
 _RETRY_OF = "retry_of"  # the trial this one repeats
 _ATTEMPT = "attempt"  # 1 for a first try
 _ERROR = "error"  # why the trial failed for good
-TIMING = ("merge_seconds", "forward_seconds", "trial_seconds")  # what a worker times, per trial
+# and each of results.TIMING: what the worker timed, per trial
 _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through the model, all stages
 _FORWARD_TOKENS = "forward_tokens"  # and the token positions its forward passes ran, all stages
 _SCREENING = "screening"  # a screened trial: its subset scores, whether it was finished, and why not
@@ -45,6 +46,18 @@ _BINDING = "recycler_binding"  # what the study searches: pool fingerprint, obje
 _STUDY = "recycler_study"  # the whole study description (study.json), so a reader needs only the database
 # Key of a trial user attribute in a study's companion queue of side baselines (recycler/coordination.py).
 _CLAIMS_LABEL = "side_baseline"  # the label of the side baseline this claim scores
+
+
+@dataclass(frozen=True)
+class ScreeningRecord:
+    """What screening saw of a trial: its subset's scores and whether it was finished; a dropped
+    trial also keeps the front member that dominated it and its optimistic scores against that
+    member (None where an objective is not bounded)."""
+
+    scores: dict[str, float]
+    finished: bool
+    dominated_by: int | None = None
+    optimistic: list[float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class StoredTrial:
     seconds: dict[str, float]  # merge, forward and whole-trial time, by key
     examples_scored: int | None  # None in studies from before costs were recorded
     forward_tokens: int | None  # None in studies from before tokens were counted
-    screening: dict[str, Any] | None  # {"scores", "finished", "dominated_by", "optimistic"} of a screened trial
+    screening: ScreeningRecord | None  # a screened trial's
     subset_scores: dict[str, list[float]] | None  # per objective, on the screening subset (fully evaluated trials)
 
     @property
@@ -97,7 +110,7 @@ class StoredTrial:
             seconds={key: attrs[key] for key in TIMING if key in attrs},
             examples_scored=attrs.get(_EXAMPLES_SCORED),
             forward_tokens=attrs.get(_FORWARD_TOKENS),
-            screening=attrs.get(_SCREENING),
+            screening=ScreeningRecord(**attrs[_SCREENING]) if _SCREENING in attrs else None,
             subset_scores=attrs.get(_SUBSET_SCORES),
         )
 
@@ -138,11 +151,11 @@ def record_candidate(trial: optuna.Trial, recipe: MergeRecipe) -> None:
     trial.set_user_attr(_WEIGHTS, recipe.checkpoint_weights())
 
 
-def record_scores(trial: optuna.Trial, result: dict[str, Any]) -> None:
+def record_scores(trial: optuna.Trial, result: CandidateResult) -> None:
     """A worker's result: every task's score, and the seconds spent merging, in forward passes, and in all."""
-    trial.set_user_attr(_SCORES, result["scores"])
+    trial.set_user_attr(_SCORES, result.scores)
     for key in TIMING:
-        trial.set_user_attr(key, result[key])
+        trial.set_user_attr(key, getattr(result.costs, key))
 
 
 def record_cost(trial: optuna.Trial, examples: int, forward_tokens: int) -> None:
@@ -152,12 +165,9 @@ def record_cost(trial: optuna.Trial, examples: int, forward_tokens: int) -> None
 
 
 def record_screening(trial: optuna.Trial, scores: dict[str, float], verdict: Verdict) -> None:
-    """What screening saw: the subset's scores and the decision; a dropped trial also keeps the front
-    member that dominated it and its optimistic scores against that member (None where an objective
-    is not bounded)."""
+    """What screening saw, as a ScreeningRecord."""
     bounded = None if verdict.optimistic is None else [v if math.isfinite(v) else None for v in verdict.optimistic]
-    trial.set_user_attr(_SCREENING, {"scores": scores, "finished": verdict.finish, "dominated_by": verdict.dominated_by,
-                                     "optimistic": bounded})
+    trial.set_user_attr(_SCREENING, asdict(ScreeningRecord(scores, verdict.finish, verdict.dominated_by, bounded)))
 
 
 def record_subset_scores(trial: optuna.Trial, scores: dict[str, list[float]]) -> None:

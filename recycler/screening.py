@@ -21,10 +21,10 @@ import random
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from recycler.evaluate import Selection
 from recycler.pareto import dominates
+from recycler.results import TaskExamples
 
 
 def choose_subset(prompts: Mapping[str, list[Mapping[str, str]]], fraction: float, seed: int) -> dict[str, list[int]]:
@@ -100,13 +100,12 @@ class Screening:
     def screened_examples(self) -> int:
         return sum(len(indices) for indices in self.subset.values())
 
-    def on_subset(self, examples: Mapping[str, Any], objectives: list[str]) -> dict[str, list[float]]:
+    def on_subset(self, examples: Mapping[str, TaskExamples], objectives: list[str]) -> dict[str, list[float]]:
         """Each objective's per-example scores on the subset, in subset order, from a stage's results
-        (with their `indices`) or a full evaluation's (every example, in order)."""
+        (with their indices) or a full evaluation's (every example, in order)."""
         chosen = {}
         for task in objectives:
-            result = examples[task]
-            by_index = dict(zip(result.get("indices") or range(len(result["scores"])), result["scores"]))
+            by_index = examples[task].by_index()
             chosen[task] = [by_index[i] for i in self.subset[task]]
         return chosen
 
@@ -132,18 +131,3 @@ class Screening:
             if dominates(member.values, optimistic, directions):
                 return Verdict(False, member.number, optimistic)
         return Verdict(True)
-
-
-def merge_stages(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, dict[str, list]]:
-    """Two stages' per-example results (each with its `indices`) as one full result, in example order."""
-    merged = {}
-    for task in first:
-        rows = sorted(
-            (index, stage["scores"][k], stage["answers"][k] if "answers" in stage else None)
-            for stage in (first[task], second[task])
-            for k, index in enumerate(stage["indices"])
-        )
-        merged[task] = {"scores": [score for _, score, _ in rows]}
-        if "answers" in first[task]:
-            merged[task]["answers"] = [answer for _, _, answer in rows]
-    return merged

@@ -13,24 +13,23 @@ import time
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import torch
-
 from recycler.errors import one_line
 from recycler.recipes import MergeRecipe
+from recycler.results import CandidateResult
 from recycler.spec import PoolSpec
-from recycler.workers import MergeWorker
+from recycler.workers import MergeWorker, worker_device
 
 Job = TypeVar("Job")
 
 
 @dataclass(frozen=True)
 class Finished(Generic[Job]):
-    """A job's outcome: the worker's result (scores and timings, or an error it reported), or
-    `raised` with the exception in one line (the worker is kept), or `died` with why, when the
-    worker was lost and replaced."""
+    """A job's outcome: the worker's result (possibly a bad candidate it reported), or a failed
+    result with the exception in one line when scoring `raised` (the worker is kept), or with why
+    when the worker `died` (it was lost and is replaced)."""
 
     job: Job
-    result: dict[str, Any]
+    result: CandidateResult
     died: bool
     raised: bool = False
 
@@ -38,11 +37,6 @@ class Finished(Generic[Job]):
     def failed(self) -> bool:
         """Whether the job ended without a result, so the trial is failed and retried."""
         return self.died or self.raised
-
-
-def worker_device(spec: PoolSpec) -> torch.device:
-    """Where a worker holds its model: a GPU when the spec gives workers GPUs, else the CPU."""
-    return torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
 
 
 def raised_error(error: BaseException) -> str:
@@ -92,7 +86,7 @@ class SerialWorkers(Generic[Job]):
         try:
             return Finished(job, self.worker.evaluate(recipe.to_json(), examples), died=False)
         except Exception as error:  # scoring raised: the worker lives on, as a Ray worker does
-            return Finished(job, {"error": raised_error(error)}, died=False, raised=True)
+            return Finished(job, CandidateResult.failed(raised_error(error)), died=False, raised=True)
 
     def close(self) -> None:
         self._queued.clear()

@@ -7,6 +7,7 @@ Run as a Ray actor by the search; a plain object in tests and benchmarks.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,8 +16,14 @@ from recycler.engine import engine_class
 from recycler.evaluate import Scorer
 from recycler.pool import load_pool
 from recycler.recipes import recipe_from_json
+from recycler.results import CandidateResult
 from recycler.spec import PoolSpec
 from recycler.suite import load_suite
+
+
+def worker_device(spec: PoolSpec) -> torch.device:
+    """Where a worker holds its model: a GPU when the spec gives workers GPUs, else the CPU."""
+    return torch.device("cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
 
 
 class MergeWorker:
@@ -30,25 +37,17 @@ class MergeWorker:
                                                                    torch.device(device))
         self.scorer = Scorer(suite, self.engine)
 
-    def evaluate(self, recipe: dict[str, Any], examples: dict[str, list[int]] | None = None) -> dict[str, Any]:
-        """Scores of the merge (a recipe's JSON) by task, each example's result by task (the metric's
-        value, and the filtered answer of a generation task), the seconds spent merging, in forward
-        passes, and in all, and the tokens the forward passes ran. `examples` scores those examples
-        only (a screening stage)."""
+    def evaluate(self, recipe: dict[str, Any], examples: dict[str, list[int]] | None = None) -> CandidateResult:
+        """The merge's (a recipe's JSON) scores and per-example results by task, and its costs, the
+        merge's seconds among them; `examples` scores those examples only (a screening stage)."""
         started = time.perf_counter()
         bad_tensor = self.engine.load(recipe_from_json(recipe))
         merged = time.perf_counter()
         if bad_tensor is not None:
-            return {"error": f"the merge has NaN or inf in tensor '{bad_tensor}'"}
+            return CandidateResult.failed(f"the merge has NaN or inf in tensor '{bad_tensor}'")
         result = self.scorer.score(examples)
-        return {
-            "scores": result.scores,
-            "examples": {task: examples.to_json() for task, examples in result.examples.items()},
-            "merge_seconds": merged - started,
-            "forward_seconds": result.forward_seconds,
-            "trial_seconds": time.perf_counter() - started,
-            "forward_tokens": result.forward_tokens,
-        }
+        costs = replace(result.costs, merge_seconds=merged - started, trial_seconds=time.perf_counter() - started)
+        return replace(result, costs=costs)
 
     def ready(self) -> bool:
         return True

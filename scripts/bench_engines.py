@@ -93,7 +93,7 @@ def measure(engine: str, suite_name: str, pool_yaml: Path, trials: int, folder: 
         loads.append(loaded - started)
         results.append({"scores": result.scores,
                         "answers": {t: e.answers for t, e in result.examples.items() if e.answers is not None},
-                        "forward_tokens": result.forward_tokens, "forward_seconds": result.forward_seconds})
+                        "forward_tokens": result.costs.forward_tokens, "forward_seconds": result.costs.forward_seconds})
     row = {"engine": engine, "suite": suite_name, "engine_start_seconds": start_seconds,
            "forward_seconds": statistics.median(r["forward_seconds"] for r in results[1:]),
            "trial_seconds": statistics.median(times[1:]), "load_seconds": statistics.median(loads[1:]),

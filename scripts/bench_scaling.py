@@ -49,9 +49,9 @@ def measure(count: int, width: int, layers: int, trials: int, root: Path) -> dic
     parameters = sum(p.numel() for p in worker.engine.merger.model.parameters())
     return {
         "checkpoints": count, "width": width, "layers": layers, "parameters": parameters,
-        "trial_s": statistics.median(r["trial_seconds"] for r in results),
-        "merge_s": statistics.median(r["merge_seconds"] for r in results),
-        "forward_s": statistics.median(r["forward_seconds"] for r in results),
+        "trial_s": statistics.median(r.costs.trial_seconds for r in results),
+        "merge_s": statistics.median(r.costs.merge_seconds for r in results),
+        "forward_s": statistics.median(r.costs.forward_seconds for r in results),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stacked_MB": getattr(worker.engine.merger.rows, "stacked_bytes", 0) / 2**20,
     }

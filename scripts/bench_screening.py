@@ -184,17 +184,17 @@ def wrong_drops(spec, folder: Path, worker, cache: dict) -> dict:
     for t in dropped:
         key = json.dumps(t.recipe, sort_keys=True)
         if key not in cache:
-            cache[key] = worker.evaluate(t.recipe)["scores"]
+            cache[key] = worker.evaluate(t.recipe).scores
         scores = cache[key]
         values = [scores[o] for o in info.objectives]
         full_values.append(values)
         on_front = not any(dominates(v, values, info.directions) for v in complete)
-        optimistic = t.screening["optimistic"]
+        optimistic = t.screening.optimistic
         covered = [o is None or (v <= o + 1e-12 if d == "maximize" else v >= o - 1e-12)
                    for v, o, d in zip(values, optimistic, info.directions)]
         rows.append({"trial": t.number, "on_front": on_front, "bound_held_all": all(covered),
                      "objectives_above_bound": sum(not c for c in covered), "full": values,
-                     "subset": [t.screening["scores"][o] for o in info.objectives], "optimistic": optimistic})
+                     "subset": [t.screening.scores[o] for o in info.objectives], "optimistic": optimistic})
     wrong = [r for r in rows if r["on_front"]]
     # all dropped trials added at once: how many of them would the joint front hold
     union = complete + full_values

@@ -26,7 +26,7 @@ from recycler.baselines import baseline_recipes, reference_labels
 from recycler.files import write_text_atomic
 from recycler.pareto import hypervolume
 from recycler.recipes import LinearRecipe
-from recycler.search import make_sampler
+from recycler.preparation import make_sampler
 from recycler.space import load_space
 from recycler.spec import load_spec
 from recycler.suite import load_suite
@@ -50,7 +50,7 @@ class CachedScorer:
     def __call__(self, weights: dict[str, float]) -> list[float]:
         key = tuple(round(weights[n], 12) for n in sorted(weights))
         if key not in self.cache:
-            scores = self.worker.evaluate(LinearRecipe(weights).to_json())["scores"]
+            scores = self.worker.evaluate(LinearRecipe(weights).to_json()).scores
             self.cache[key] = [scores[o] for o in self.objectives]
         return self.cache[key]
 

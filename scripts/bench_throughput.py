@@ -41,7 +41,7 @@ def bench_recycler(spec, points) -> dict:
     worker.evaluate(LinearRecipe(points[0]).to_json())  # warm-up: first forward passes allocate
     results = [worker.evaluate(LinearRecipe(p).to_json()) for p in points]
     trial = [r["trial_seconds"] for r in results]
-    forward = [r["forward_seconds"] for r in results]
+    forward = [r.costs.forward_seconds for r in results]
     merge = [r["merge_seconds"] for r in results]
     return {
         "setup_s": setup,
@@ -49,7 +49,7 @@ def bench_recycler(spec, points) -> dict:
         "merge_s_median": statistics.median(merge),
         "trials_per_hour": 3600 / statistics.mean(trial),
         "outside_forward_share": 1 - sum(forward) / sum(trial),
-        "scores_first": results[0]["scores"],
+        "scores_first": results[0].scores,
     }
 
 

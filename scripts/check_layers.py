@@ -22,11 +22,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "recycler"
 # engine.py lists) is an input; the plugins themselves score.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "config", "references", "files", "yaml_files", "library_seams", "held_folder",
-                     "residency", "pareto", "search_spaces", "eval_suites", "demo.skills", "demo.tokenizer")),
+                     "residency", "pareto", "results", "search_spaces", "eval_suites", "demo.skills", "demo.tokenizer")),
     ("inputs", ("task_yaml", "suite", "engine", "engines", "spec", "pool", "recipes", "baselines", "space")),
     ("scoring", ("merge", "engines.*", "evaluate", "workers", "examples", "screening")),
     ("studies", ("records", "coordination", "study", "ledger", "front", "selection", "compare", "report", "export", "verify")),
-    ("search", ("worker_pools", "cluster", "search")),
+    ("search", ("worker_pools", "cluster", "preparation", "progress", "search")),
     ("entry points", ("cli", "service", "service.*", "demo", "demo.*")),
 ]
 

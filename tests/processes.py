@@ -10,7 +10,7 @@ import psutil
 
 def start_run(spec_path, folder, *extra, stderr=subprocess.DEVNULL):
     """`recycler run SPEC --study FOLDER --quiet [EXTRA...]` in a new session, with its own local Ray."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     return subprocess.Popen(
         [sys.executable, "-m", "recycler.cli", "run", str(spec_path), "--study", str(folder), "--quiet", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, text=True,

@@ -42,7 +42,7 @@ def test_scores_equal_lm_eval_simple_evaluate_from_disk(tmp_path, arch):
     # carry is limited to 25 examples in the suite; lm-eval scores its 40
     full = theirs["carry"]["perplexity,none"]
     assert ours.scores["carry"] != full and ours.scores["carry"] > 1
-    assert 0 < ours.forward_seconds < ours.total_seconds
+    assert 0 < ours.costs.forward_seconds < ours.costs.trial_seconds
 
 
 def test_batched_scores_equal_batch_one(tmp_path):
@@ -92,11 +92,11 @@ def test_forward_tokens_count_the_positions_the_model_ran(tmp_path):
         requests = {(row["prompt"], row["answer"]) for row in chosen}
         return sum(len(tokenizer(prompt + answer + "\n").input_ids) - 1 for prompt, answer in requests)
 
-    assert scorer.score().forward_tokens == positions(rows)
-    assert scorer.score({"sums": [0, 5]}).forward_tokens == positions([rows[0], rows[5]])
+    assert scorer.score().costs.forward_tokens == positions(rows)
+    assert scorer.score({"sums": [0, 5]}).costs.forward_tokens == positions([rows[0], rows[5]])
     batched = hf_scorer(load_suite(str(write_suite(tmp_path, batch_size=16, held_in=[{"task": "sums", "metric": "acc"}],
                                                 held_out=[]))), model, tokenizer)
-    assert batched.score().forward_tokens >= positions(rows)  # padded to each batch's longest
+    assert batched.score().costs.forward_tokens >= positions(rows)  # padded to each batch's longest
 
 
 @pytest.mark.parametrize("weight_by_size", [True, False])

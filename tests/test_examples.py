@@ -63,23 +63,23 @@ def test_every_scored_candidate_keeps_its_examples(searched):
     assert len(complete) == 6
     for trial in complete:
         kept = read_results(folder, trial.number)
-        assert {task: len(r["scores"]) for task, r in kept.items()} == {task: len(texts) for task, texts in prompts.items()}
-        assert ["answers" in r for r in kept.values()] == [False, True, False]  # only the generation task has answers
-        assert len(kept["answer"]["answers"]) == 20 and all(isinstance(a, str) for a in kept["answer"]["answers"])
+        assert {task: len(r.scores) for task, r in kept.items()} == {task: len(texts) for task, texts in prompts.items()}
+        assert [r.answers is not None for r in kept.values()] == [False, True, False]  # only the generation task has answers
+        assert len(kept["answer"].answers) == 20 and all(isinstance(a, str) for a in kept["answer"].answers)
         for task in ("sums", "answer", "pick"):  # mean-aggregated metrics: the examples add up to the recorded score
-            assert statistics.fmean(kept[task]["scores"]) == pytest.approx(trial.user_attrs["scores"][task], abs=1e-12)
+            assert statistics.fmean(kept[task].scores) == pytest.approx(trial.user_attrs["scores"][task], abs=1e-12)
         assert not any(isinstance(value, list) for value in trial.user_attrs.values())  # per-example lists: not loaded with every trial
     slerp = read_results(folder, "slerp")  # a baseline the simplex cannot express, scored beside the trials
-    assert statistics.fmean(slerp["pick"]["scores"]) == pytest.approx(study.user_attrs["baseline:slerp"]["scores"]["pick"])
+    assert statistics.fmean(slerp["pick"].scores) == pytest.approx(study.user_attrs["baseline:slerp"]["scores"]["pick"])
     assert sorted(p.name for p in (folder / EXAMPLES_DIR).iterdir()) == sorted(
         ["prompts.json", "baseline-slerp.json"] + [f"trial-{t.number:06d}.json" for t in complete])
     assert " " not in (folder / EXAMPLES_DIR / "trial-000000.json").read_text()  # compact
 
     # The answers are the worker's own: checkpoint c1 alone, scored again directly.
     c1 = next(t for t in complete if t.user_attrs.get("baseline") == "c1")
-    direct = MergeWorker(spec).evaluate(LinearRecipe({"c1": 1.0}).to_json())["examples"]
+    direct = MergeWorker(spec).evaluate(LinearRecipe({"c1": 1.0}).to_json()).examples
     assert read_results(folder, c1.number) == direct
-    assert len({tuple(read_results(folder, t.number)["answer"]["answers"]) for t in complete}) > 1  # merges answer differently
+    assert len({tuple(read_results(folder, t.number)["answer"].answers) for t in complete}) > 1  # merges answer differently
 
 
 def test_examples_are_read_again_after_a_resume(searched, tmp_path):
@@ -92,7 +92,7 @@ def test_examples_are_read_again_after_a_resume(searched, tmp_path):
     assert {name: after[name] for name in before} == before  # nothing rewritten, the prompts included
     assert sorted(set(after) - set(before)) == ["trial-000006.json", "trial-000007.json"]
     for trial in study.trials:
-        assert statistics.fmean(read_results(folder, trial.number)["sums"]["scores"]) == pytest.approx(trial.user_attrs["scores"]["sums"])
+        assert statistics.fmean(read_results(folder, trial.number)["sums"].scores) == pytest.approx(trial.user_attrs["scores"]["sums"])
 
 
 def test_front_shows_answers_beside_a_baseline(searched, capsys):
@@ -111,15 +111,15 @@ def test_front_shows_answers_beside_a_baseline(searched, capsys):
     theirs = read_results(folder, baseline["trial"] if baseline["trial"] is not None else beside)["answer"]
     prompts = read_prompts(folder)["answer"]
     task = shown["tasks"]["answer"]
-    differ = [i for i in range(20) if ours["answers"][i] != theirs["answers"][i]]
+    differ = [i for i in range(20) if ours.answers[i] != theirs.answers[i]]
     assert task["total"] == 20 and task["differ"] == len(differ)
     expected = (differ + [i for i in range(20) if i not in differ])[:3]  # differing answers first, in the suite's order
     assert [row["index"] for row in task["examples"]] == expected
     for row in task["examples"]:
         i = row["index"]
         assert (row["prompt"], row["target"]) == (prompts[i]["prompt"], prompts[i]["target"])
-        assert (row["answer"], row["score"]) == (ours["answers"][i], ours["scores"][i])
-        assert (row["beside_answer"], row["beside_score"]) == (theirs["answers"][i], theirs["scores"][i])
+        assert (row["answer"], row["score"]) == (ours.answers[i], ours.scores[i])
+        assert (row["beside_answer"], row["beside_score"]) == (theirs.answers[i], theirs.scores[i])
 
     assert main(["front", str(folder), "--format", "json", "--examples", "2", "--beside", "slerp"]) == 0
     document = json.loads(capsys.readouterr().out)
@@ -183,7 +183,7 @@ def test_the_service_gives_a_trials_answers_beside_a_baseline(tmp_path, local_ra
         ours, theirs = read_results(folder, member["trial"])["answer"], read_results(folder, 3)["answer"]  # trial 3: uniform
         assert shown["beside"] == "uniform" and shown["kept"] and list(shown["tasks"]) == ["answer"]
         rows = shown["tasks"]["answer"]["examples"]
-        assert len(rows) == 4 and all(r["answer"] == ours["answers"][r["index"]] and r["beside_answer"] == theirs["answers"][r["index"]] for r in rows)
+        assert len(rows) == 4 and all(r["answer"] == ours.answers[r["index"]] and r["beside_answer"] == theirs.answers[r["index"]] for r in rows)
 
         baseline = client.get(url, params={"baseline": "slerp"}, headers=AUTH).json()  # a baseline scored beside the search
         assert baseline["kept"] and baseline["beside"] != "slerp" and len(baseline["tasks"]["answer"]["examples"]) == 3

@@ -108,8 +108,8 @@ def test_a_worker_killed_for_memory_while_starting_ends_the_run_with_one_line(tm
     the first worker as it starts: `recycler run` says what ran out and what a worker needs."""
     search_spec(workers=1)
     spec_path = tmp_path / "pool.yaml"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_memory_usage_threshold": "0.001", "RAY_memory_monitor_refresh_ms": "50"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_memory_usage_threshold": "0.001", "RAY_memory_monitor_refresh_ms": "50",
+           "RAY_ADDRESS": "local"}  # its own Ray, whose monitor kills the worker
     run = subprocess.run([sys.executable, "-m", "recycler.cli", "run", str(spec_path), "--study", str(tmp_path / "study")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr

@@ -13,7 +13,8 @@ from recycler.export import export_trial
 from recycler.front import front_records
 from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
-from recycler.screening import FrontMember, Screening, choose_subset, complement, merge_stages
+from recycler.results import TaskExamples
+from recycler.screening import FrontMember, Screening, choose_subset, complement
 from recycler.ledger import finished_trials
 from recycler.search import run_search
 from recycler.study import load_study
@@ -55,19 +56,19 @@ def test_the_paired_bound_carries_the_members_full_score_and_widens_with_fewer_e
 
 def test_subset_scores_are_read_from_a_stage_or_a_full_evaluation():
     screening = Screening({"t": [1, 3]}, {"t": 5}, 0.9, frozenset({"t"}))
-    full = {"t": {"scores": [0.0, 1.0, 0.0, 0.5, 1.0]}}
-    stage = {"t": {"scores": [0.5, 1.0], "indices": [3, 1]}}
+    full = {"t": TaskExamples([0.0, 1.0, 0.0, 0.5, 1.0])}
+    stage = {"t": TaskExamples([0.5, 1.0], indices=[3, 1])}
     assert screening.on_subset(full, ["t"]) == screening.on_subset(stage, ["t"]) == {"t": [1.0, 0.5]}
 
 
 def test_two_stages_merge_into_example_order():
-    first = {"t": {"scores": [1.0, 0.0], "answers": ["a", "b"], "indices": [1, 3]}}
-    second = {"t": {"scores": [0.5, 0.25, 0.75], "answers": ["c", "d", "e"], "indices": [0, 2, 4]}}
-    assert merge_stages(first, second) == {"t": {"scores": [0.5, 1.0, 0.25, 0.0, 0.75], "answers": ["c", "a", "d", "b", "e"]}}
+    first = TaskExamples([1.0, 0.0], ["a", "b"], [1, 3])
+    second = TaskExamples([0.5, 0.25, 0.75], ["c", "d", "e"], [0, 2, 4])
+    assert first.then(second) == TaskExamples([0.5, 1.0, 0.25, 0.0, 0.75], ["c", "a", "d", "b", "e"])
 
 
 def full_scores(spec, trial):
-    return MergeWorker(spec).evaluate(trial.recipe)["scores"]
+    return MergeWorker(spec).evaluate(trial.recipe).scores
 
 
 def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, search_spec):
@@ -75,17 +76,17 @@ def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, sear
     study = run_search(spec, tmp_path / "study", progress=False, in_process=True)
     trials = stored_trials(study)
     promoted = [t for t in trials if t.complete and t.screening is not None]
-    assert promoted and all(t.screening["finished"] for t in promoted)
+    assert promoted and all(t.screening.finished for t in promoted)
     worker = MergeWorker(spec)
     for trial in promoted:
-        full = worker.evaluate(trial.recipe)["scores"]
+        full = worker.evaluate(trial.recipe).scores
         assert {k: trial.scores[k] for k in ("sums", "pick")} == {k: full[k] for k in ("sums", "pick")}
         assert trial.scores["carry"] == pytest.approx(full["carry"], rel=1e-6)  # perplexity: float sums in other batches
         assert trial.examples_scored == 40 + 40 + 25  # every example once, none twice
         assert trial.forward_tokens > 0
     baselines = [t for t in trials if t.baseline is not None]
     assert baselines and all(t.screening is None and t.examples_scored == 105 for t in baselines)
-    assert baselines[0].forward_tokens == worker.evaluate(baselines[0].recipe)["forward_tokens"]
+    assert baselines[0].forward_tokens == worker.evaluate(baselines[0].recipe).costs.forward_tokens
 
 
 def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, search_spec):
@@ -100,19 +101,19 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, sea
     assert all(t.state == TrialState.PRUNED and t.examples_scored == 10 + 10 + 6 for t in dropped)
     fewest_in_full = min(t.forward_tokens for t in trials if t.complete)
     assert all(0 < t.forward_tokens < fewest_in_full for t in dropped)  # a quarter of the examples
-    assert all(not t.screening["finished"] for t in dropped)
+    assert all(not t.screening.finished for t in dropped)
     by_number = {t.number: t for t in trials}
     for trial in dropped:  # dominated, at screening, by a trial fully evaluated before it
-        member = by_number[trial.screening["dominated_by"]]
-        assert member.complete and member.number < trial.number and member.values[0] > trial.screening["optimistic"][0]
+        member = by_number[trial.screening.dominated_by]
+        assert member.complete and member.number < trial.number and member.values[0] > trial.screening.optimistic[0]
     assert all(len(t.subset_scores["pick"]) == 10 for t in trials if t.complete)  # what later candidates pair with
     study, info = load_study(folder)
     records = front_records(study, info, include_all=True)
     shown = {r["trial"]: r for r in records if r["trial"] is not None}
     for trial in dropped:
         assert shown[trial.number]["screened_out"] and not shown[trial.number]["on_front"]
-        assert shown[trial.number]["scores"] == trial.screening["scores"]
-        assert shown[trial.number]["dominated_by"] == trial.screening["dominated_by"]
+        assert shown[trial.number]["scores"] == trial.screening.scores
+        assert shown[trial.number]["dominated_by"] == trial.screening.dominated_by
         with pytest.raises(RecyclerError, match=f"trial {trial.number} did not complete \\(pruned\\)"):
             export_trial(folder, trial.number, tmp_path / "export")
     assert all(r["trial"] not in {t.number for t in dropped} for r in front_records(study, info))
@@ -145,7 +146,7 @@ def test_stopping_finishes_the_promoted_trials_in_flight(tmp_path, search_spec):
     study = run_search(spec, folder, progress=False, in_process=True, should_stop=promoted_once)
     trials = stored_trials(study)
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    promoted = [t for t in trials if t.screening is not None and t.screening["finished"]]
+    promoted = [t for t in trials if t.screening is not None and t.screening.finished]
     assert promoted and all(t.complete and t.examples_scored == 105 for t in promoted)
     assert finished_trials(study) < 10  # it did stop early
 
@@ -154,7 +155,7 @@ def test_a_suite_with_a_group_is_refused_before_anything_runs(tmp_path, search_s
     """A group's score is lm-eval's mean over its members, not put together from screened stages."""
     import yaml
 
-    from recycler.search import prepare_study
+    from recycler.preparation import prepare_study
 
     spec = search_spec(trials=4, fidelity={"screen_fraction": 0.3})
     suite_dir = tmp_path / "suite"

@@ -15,7 +15,8 @@ from recycler.examples import read_prompts, read_results
 from recycler.front import front_records, hypervolume_history
 from recycler.recipes import LinearRecipe, SlerpRecipe
 from recycler.ledger import finished_trials
-from recycler.search import prepare_study, run_search
+from recycler.preparation import prepare_study
+from recycler.search import run_search
 from recycler.selection import most_balanced
 from recycler.study import load_study
 from recycler.workers import MergeWorker
@@ -34,7 +35,7 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, search_spec):
         assert sum(t.user_attrs["weights"].values()) == pytest.approx(1.0) and min(t.user_attrs["weights"].values()) >= 0
 
     # A baseline's scores are what a worker gives that checkpoint alone, and the objectives are the held-in tasks.
-    direct = MergeWorker(spec).evaluate(LinearRecipe({"c1": 1.0}).to_json())["scores"]
+    direct = MergeWorker(spec).evaluate(LinearRecipe({"c1": 1.0}).to_json()).scores
     assert trials[1].user_attrs["scores"] == pytest.approx(direct)
     assert trials[1].values == pytest.approx([direct["sums"], direct["pick"]])
     assert set(trials[1].user_attrs["scores"]) == {"sums", "pick", "carry"}
@@ -45,7 +46,7 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, search_spec):
     assert {r["baseline_name"] for r in records if r["baseline"]} == {"c0", "c1", "c2", "uniform", "slerp"}
     slerp = next(r for r in records if r["baseline_name"] == "slerp")  # not a simplex point: scored beside the trials
     assert slerp["trial"] is None and slerp["settings"] == {"t": 0.5}
-    assert slerp["scores"] == pytest.approx(MergeWorker(spec).evaluate(SlerpRecipe("c0", "c1", 0.5).to_json())["scores"])
+    assert slerp["scores"] == pytest.approx(MergeWorker(spec).evaluate(SlerpRecipe("c0", "c1", 0.5).to_json()).scores)
     assert len(hypervolume_history(study, info)) == 8
 
     before = {t.number: (t.params, t.values) for t in study.trials}
@@ -56,8 +57,8 @@ def test_search_runs_baselines_first_and_resumes(tmp_path, search_spec):
     assert sum("baseline" in t.user_attrs for t in study.trials) == 4
     for t in study.trials:  # every scored candidate kept its per-example results, before and after the resume
         kept = read_results(folder, t.number)
-        assert {task: len(r["scores"]) for task, r in kept.items()} == {"sums": 40, "pick": 40, "carry": 25}
-        assert sum(kept["sums"]["scores"]) / 40 == pytest.approx(t.user_attrs["scores"]["sums"])
+        assert {task: len(r.scores) for task, r in kept.items()} == {"sums": 40, "pick": 40, "carry": 25}
+        assert sum(kept["sums"].scores) / 40 == pytest.approx(t.user_attrs["scores"]["sums"])
     assert read_results(folder, "slerp") is not None and set(read_prompts(folder)) == {"sums", "pick", "carry"}
 
 
@@ -225,7 +226,7 @@ def test_corpus_metrics_held_in_and_held_out_are_searched_and_shown(tmp_path, se
     records = front_records(study, info, include_all=True)
     assert all(isinstance(r["scores"]["pickf1"], float) and isinstance(r["scores"]["pairf1"], float) for r in records)
     results = read_results(tmp_path / "study", 0)
-    assert results["pickf1"]["scores"] == [None] * len(results["pickf1"]["scores"])
+    assert results["pickf1"].scores == [None] * len(results["pickf1"].scores)
     assert with_examples(tmp_path / "study", records, info, 2)
     assert main(["front", str(tmp_path / "study"), "--examples", "2"]) in (None, 0)
     assert "pairf1" in capsys.readouterr().out

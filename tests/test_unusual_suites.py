@@ -120,7 +120,7 @@ def test_unusual_suite_or_pool_runs_and_scores_as_lm_eval(tmp_path, local_ray, c
     limits = {t["task"]: t.get("limit", suite.get("limit")) or EXAMPLES for t in suite["held_in"] + suite["held_out"]}
     assert last.examples_scored == sum(min(limit, EXAMPLES) * MEMBERS.get(task, 1) for task, limit in limits.items())  # a limit past the data scores the data
     results, prompts = read_results(tmp_path / "study", last.number), read_prompts(tmp_path / "study")
-    assert {task: len(r["scores"]) for task, r in results.items()} == {task: len(p) for task, p in prompts.items()}
+    assert {task: len(r.scores) for task, r in results.items()} == {task: len(p) for task, p in prompts.items()}
 
     out = export_trial(tmp_path / "study", last.number, tmp_path / "export",
                        **({"max_shard_size": export_shard_size} if export_shard_size else {}))

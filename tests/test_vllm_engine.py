@@ -92,7 +92,7 @@ def test_every_output_type_scores_as_the_hf_engine(pool_spec):
         assert ours.scores[task] == theirs.scores[task]
     assert ours.scores["carry"] == pytest.approx(theirs.scores["carry"], rel=1e-4)
     prompt_tokens = sum(len(tok) for tok in (vllm.lm.tok_encode(i.args[0]) for i in vllm_scorer.tasks["answer"].instances))
-    assert ours.forward_tokens > prompt_tokens and ours.forward_seconds > 0
+    assert ours.costs.forward_tokens > prompt_tokens and ours.costs.forward_seconds > 0
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ def tradeoff_table(pool_yaml: Path) -> pd.DataFrame:
     spec = load_spec(pool_yaml)
     worker = MergeWorker(spec)
     names = spec.checkpoint_names
-    rows = {name: worker.evaluate(LinearRecipe({name: 1.0}).to_json())["scores"] for name in names}
+    rows = {name: worker.evaluate(LinearRecipe({name: 1.0}).to_json()).scores for name in names}
     if spec.base is not None:
-        rows[spec.base.name] = worker.evaluate(LinearRecipe({}, relative=True).to_json())["scores"]
-    rows["uniform"] = worker.evaluate(LinearRecipe({name: 1.0 / len(names) for name in names}).to_json())["scores"]
+        rows[spec.base.name] = worker.evaluate(LinearRecipe({}, relative=True).to_json()).scores
+    rows["uniform"] = worker.evaluate(LinearRecipe({name: 1.0 / len(names) for name in names}).to_json()).scores
     suite = load_suite(spec.suite)
     columns = suite.held_in + [f"{task} (held-out)" for task in suite.held_out]
     table = pd.DataFrame.from_dict(rows, orient="index")
