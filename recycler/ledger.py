@@ -11,6 +11,7 @@ so the study's coordination fails and requeues those (recycler/coordination.py).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -43,6 +44,34 @@ def finished_trials(study: optuna.Study) -> int:
         1
         for t in trials
         if t.complete or t.screened_out or (t.state == TrialState.FAIL and t.error is not None and t.number not in retried)
+    )
+
+
+@dataclass(frozen=True)
+class ExamplesSpent:
+    """What a study's trials ran through the model: examples, token positions (None unless every
+    trial counted them), and the examples screening saved, each dropped trial having skipped the
+    rest of a full evaluation (a completed trial's count)."""
+
+    scored: int
+    forward_tokens: int | None
+    dropped: int
+    saved: int
+
+
+def examples_spent(study: optuna.Study) -> ExamplesSpent | None:
+    """The study's ExamplesSpent; None for a study from before costs were recorded."""
+    trials = [t for t in stored_trials(study) if t.examples_scored is not None]
+    if not trials:
+        return None
+    full = max((t.examples_scored for t in trials if t.complete), default=None)
+    dropped = [t for t in trials if t.screened_out]
+    tokens = [t.forward_tokens for t in trials]
+    return ExamplesSpent(
+        scored=sum(t.examples_scored for t in trials),
+        forward_tokens=None if None in tokens else sum(tokens),
+        dropped=len(dropped),
+        saved=sum(full - t.examples_scored for t in dropped) if full is not None else 0,
     )
 
 

@@ -14,7 +14,8 @@ from plotly.subplots import make_subplots
 from recycler.compare import candidate_name, compare, default_beside
 from recycler.files import write_text_atomic
 from recycler.front import front_records, front_table, hypervolume_history
-from recycler.records import FrontEntry, entry_key, stored_trials
+from recycler.ledger import examples_spent
+from recycler.records import FrontEntry, entry_key
 from recycler.selection import most_balanced, narrow
 from recycler.study import StudyInfo, load_study
 
@@ -171,18 +172,15 @@ def _examples_section(study_dir: Path, records: list[FrontEntry], shown: list[Fr
 def _cost_note(study) -> str:
     """Examples scored in all (and the token positions run, where counted), and how many examples
     screening saved (a dropped trial skipped the rest of its examples)."""
-    trials = [t for t in stored_trials(study) if t.examples_scored is not None]
-    if not trials:
+    spent = examples_spent(study)
+    if spent is None:
         return ""
-    scored = sum(t.examples_scored for t in trials)
-    full = max(t.examples_scored for t in trials if t.complete) if any(t.complete for t in trials) else 0
-    dropped = [t for t in trials if t.screened_out]
-    saved = sum(full - t.examples_scored for t in dropped)
-    note = f"{scored:,} examples scored"
-    if all(t.forward_tokens is not None for t in trials):
-        note += f" ({sum(t.forward_tokens for t in trials):,} forward tokens)"
-    if dropped:
-        note += f"; {len(dropped)} trials dropped at screening saved {saved:,} ({saved / (scored + saved):.0%})"
+    note = f"{spent.scored:,} examples scored"
+    if spent.forward_tokens is not None:
+        note += f" ({spent.forward_tokens:,} forward tokens)"
+    if spent.dropped:
+        note += (f"; {spent.dropped} trials dropped at screening saved {spent.saved:,} "
+                 f"({spent.saved / (spent.scored + spent.saved):.0%})")
     return note + "."
 
 

@@ -232,8 +232,7 @@ class _Loop:
             return still_running
         if isinstance(job, Completion):
             result = job.screened.then(result, self.prepared.full_scores)
-        values = self.ledger.record(job.trial, result)
-        self.progress.trial_finished(values, self.prepared.screening.examples if self.prepared.screening else 0)
+        self.progress.trial_finished(self.ledger.record(job.trial, result))
         self.failures.succeeded()
         return False
 
@@ -254,7 +253,7 @@ class _Loop:
             self.waiting.append(Completion(job.trial, job.recipe, result))
             return True
         self.ledger.drop(job.trial, result.costs.forward_tokens)
-        self.progress.trial_finished(None, screening.screened_examples)
+        self.progress.trial_finished(None)
         return False
 
     def _fail(self, job: TrialJob, reason: str, died: bool) -> None:
@@ -319,7 +318,7 @@ def _search(spec: PoolSpec, folder: Path, storage: str | None, address: str | No
         if finished_trials(prepared.study) >= spec.search.trials and not _side_baselines_waiting(prepared):
             return prepared.study
         workers: WorkerPool[Job] = SerialWorkers(spec) if in_process else RayWorkers(spec, address, progress=progress)
-        bar = TrialsBar(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening)
+        bar = TrialsBar(prepared.study, prepared.info, spec.search.trials, progress, prepared.screening is not None)
         try:
             failures = _FailureStreak(max(3, 2 * spec.resources.workers, spec.search.max_retries + 2))
             ledger = Ledger(prepared.study, folder, prepared.info.objectives, prepared.screening, spec.search.max_retries)

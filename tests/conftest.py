@@ -7,9 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RECYCLER_CACHE", tempfile.mkdtemp(prefix="recycler-cache-"))  # not the user's cache
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes (pytest -n): each starts a Ray of its
-    os.environ["RAY_ADDRESS"] = "local"  # own instead of joining another's, and computes on one thread, so two
-    os.environ["OMP_NUM_THREADS"] = "1"  # processes on two cores do not oversubscribe them
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The `recycler` command as a user runs it: a real process, one-line errors, nothing written."""
+"""The `recycler` command as a user runs it: a real process, one-line errors, nothing written. The
+bad inputs run the command's own entry point (`main`) in this process: the same parsing, checks
+and one line on stderr, without a new interpreter's start-up for each."""
 
 import os
 import re
@@ -10,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from recycler.cli import main
 from recycler.demo.tiny import write_pool
 from recycler.errors import format_bytes
 from recycler.merge import MemoryNeeds
@@ -21,6 +24,14 @@ from tests.pools import BAD_POOLS
 def recycler(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "recycler.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def recycler_here(*args: str, cwd: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """`recycler ARGS` through its entry point in this process: the exit status and stderr."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    status = main(list(args))
+    return status, capsys.readouterr().err
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -48,15 +59,16 @@ CLI_CASES = ["mismatched shapes", "missing tensor", "truncated safetensors", "mi
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
-def test_bad_pools_exit_with_one_line_and_write_nothing(tmp_path, case):
+def test_bad_pools_exit_with_one_line_and_write_nothing(tmp_path, case, capsys, monkeypatch):
     spec = write_pool(tmp_path, 3)
     corrupt, expected = BAD_POOLS[case]
     corrupt(tmp_path)
     before = snapshot(tmp_path)
-    result = recycler("merge", str(spec), "--weight", "c0=1", "--out", "merged", cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("recycler: error: "), result.stderr
+    status, stderr = recycler_here("merge", str(spec), "--weight", "c0=1", "--out", "merged", cwd=tmp_path,
+                                   capsys=capsys, monkeypatch=monkeypatch)
+    assert status == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("recycler: error: "), stderr
     assert re.search(expected, lines[0]), lines[0]
     assert snapshot(tmp_path) == before
 
@@ -70,9 +82,9 @@ def test_bad_pools_exit_with_one_line_and_write_nothing(tmp_path, case):
         (["validate", "missing.yaml"], "missing.yaml: pool spec not found"),
     ],
 )
-def test_bad_arguments(tmp_path, args, expected):
+def test_bad_arguments(tmp_path, args, expected, capsys, monkeypatch):
     write_pool(tmp_path, 2)
     before = snapshot(tmp_path)
-    result = recycler(*args, cwd=tmp_path)
-    assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    status, stderr = recycler_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert status == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before

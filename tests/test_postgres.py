@@ -137,21 +137,17 @@ def test_the_service_keeps_its_studies_in_postgresql_and_shows_those_run_elsewhe
         assert client.get("/", headers=AUTH).status_code == 200
 
 
-def test_a_trial_whose_driver_was_lost_before_its_first_heartbeat_is_queued_again(postgres):
+def test_a_trial_whose_driver_was_lost_before_its_first_heartbeat_is_queued_again(postgres, monkeypatch):
     """Optuna takes a RUNNING trial without heartbeats for alive; one left by a driver lost between
-    asking for it and its first beat is failed and queued again after ORPHAN_GRACES grace periods,
-    while a trial whose driver beats stays running."""
-    from recycler.coordination import (
-        GRACE_BEATS,
-        ORPHAN_GRACES,
-        Heartbeat,
-        ask,
-        database_storage,
-        fail_lost_trials,
-    )
+    asking for it and its first beat is failed and queued again after ORPHAN_GRACES grace periods
+    (here 2, not 10, to keep the wait short), while a trial whose driver beats stays running."""
+    from recycler import coordination
+    from recycler.coordination import GRACE_BEATS, Heartbeat, ask, database_storage, fail_lost_trials
+
     from recycler.recipes import LinearRecipe
     from recycler.records import record_candidate
 
+    monkeypatch.setattr(coordination, "ORPHAN_GRACES", 2)
     storage = database_storage(postgres.url, heartbeat_seconds=1)
     study = optuna.create_study(study_name="orphans", storage=storage)
     heartbeat = Heartbeat(storage, 1)
@@ -166,7 +162,7 @@ def test_a_trial_whose_driver_was_lost_before_its_first_heartbeat_is_queued_agai
         heartbeat.add(study, alive.number)
         fail_lost_trials(study, storage)
         assert all(t.state == TrialState.RUNNING for t in study.get_trials())  # too early to tell
-        time.sleep(ORPHAN_GRACES * GRACE_BEATS * 1 + 1)
+        time.sleep(coordination.ORPHAN_GRACES * GRACE_BEATS * 1 + 1)
         fail_lost_trials(study, storage)
     finally:
         heartbeat.close()

@@ -13,9 +13,10 @@ from recycler.export import export_trial
 from recycler.front import front_records
 from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
+from recycler.report import write_report
 from recycler.results import TaskExamples
 from recycler.screening import FrontMember, Screening, choose_subset, complement
-from recycler.ledger import finished_trials
+from recycler.ledger import examples_spent, finished_trials
 from recycler.search import run_search
 from recycler.study import load_study
 from recycler.workers import MergeWorker
@@ -107,6 +108,9 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, sea
         member = by_number[trial.screening.dominated_by]
         assert member.complete and member.number < trial.number and member.values[0] > trial.screening.optimistic[0]
     assert all(len(t.subset_scores["pick"]) == 10 for t in trials if t.complete)  # what later candidates pair with
+    spent = examples_spent(study)  # one count for the progress bar and the report: each drop skipped 105 - 26 examples
+    assert (spent.dropped, spent.saved, spent.scored) == (len(dropped), len(dropped) * 79, sum(t.examples_scored for t in trials))
+    assert f"{len(dropped)} trials dropped at screening saved {spent.saved:,}" in write_report(folder, tmp_path / "r.html").read_text()
     study, info = load_study(folder)
     records = front_records(study, info, include_all=True)
     shown = {r["trial"]: r for r in records if r["trial"] is not None}
