@@ -1,11 +1,9 @@
 """Opening, writing and checksumming files: regular files opened with their checks made on the
-descriptor, atomic writes, and sha256 sums cached by path, size and modification time, so a
-multi-GB pool is hashed once, not on every command."""
+descriptor, atomic writes, a file's sha256, and recycler's cache folder."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import tempfile
@@ -13,9 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recycler.errors import RecyclerError
-
-CACHE_FILE = "sha256.json"
-
 
 def open_regular(path: Path, where: str, inside: Callable[[Path], bool] | None = None) -> int:
     """A read-only descriptor of the regular file at `path`, checked on the descriptor itself: a FIFO
@@ -73,33 +68,3 @@ def cache_dir() -> Path:
     if "RECYCLER_CACHE" in os.environ:
         return Path(os.environ["RECYCLER_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recycler"
-
-
-def cached_sha256(files: list[Path]) -> list[str]:
-    """sha256 of each file, reusing a sum computed before for the same path, size and mtime.
-
-    A file rewritten in place keeps its path but not its mtime, so its sum is computed anew. The
-    cache is one JSON file replaced atomically; a cache that cannot be read or written only costs
-    the time to hash again.
-    """
-    cache_file = cache_dir() / CACHE_FILE
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    sums, changed = [], False
-    for file in files:
-        stat = file.stat()
-        key = str(file.resolve())
-        stamp = [stat.st_size, stat.st_mtime_ns]
-        entry = cache.get(key)
-        if not (isinstance(entry, dict) and entry.get("stamp") == stamp):
-            entry, changed = {"stamp": stamp, "sha256": sha256_file(file)}, True
-            cache[key] = entry
-        sums.append(entry["sha256"])
-    if changed:
-        try:
-            write_text_atomic(cache_file, json.dumps(cache))
-        except OSError:
-            pass
-    return sums

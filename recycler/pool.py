@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from recycler.errors import RecyclerError
-from recycler.files import cached_sha256
+from recycler.checkpoint_scan import SAFETENSORS_DTYPES, FileScan, scan_files
 from recycler.spec import CheckpointRef, PoolSpec
 
 WEIGHTS_FILE = "model.safetensors"
@@ -26,20 +26,6 @@ INDEX_FILE = "model.safetensors.index.json"
 CONFIG_KEYS_IGNORED = frozenset(
     {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions"}
 )
-
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -78,7 +64,7 @@ def _read_header(name: str, file: Path) -> dict[str, TensorInfo]:
             infos = {}
             for key in handle.keys():
                 piece = handle.get_slice(key)
-                dtype = _DTYPES.get(piece.get_dtype())
+                dtype = SAFETENSORS_DTYPES.get(piece.get_dtype())
                 if dtype is None:
                     raise RecyclerError(f"checkpoint '{name}': {file}: tensor '{key}' has unsupported dtype {piece.get_dtype()}")
                 infos[key] = TensorInfo(file=file, shape=tuple(piece.get_shape()), dtype=dtype)
@@ -191,7 +177,7 @@ class Pool:
 
     checkpoints: list[Checkpoint]
     base: Checkpoint | None = None
-    _fingerprint: str | None = field(default=None, repr=False)
+    _scans: dict[Path, FileScan] | None = field(default=None, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -248,24 +234,30 @@ class Pool:
     def parameter_count(self) -> int:
         return sum(torch.Size(i.shape).numel() for i in self.reference.tensors.values())
 
+    def scans(self) -> dict[Path, FileScan]:
+        """Every file's checksum and finiteness: one parallel read of the pool, or none where the
+        cache knows the files (recycler/checkpoint_scan.py)."""
+        if self._scans is None:
+            self._scans = scan_files([file for member in self.members for file in member.files])
+        return self._scans
+
     def check_finite(self) -> None:
-        """Stream every floating tensor once and refuse NaN or inf, naming the checkpoint and tensor."""
+        """Refuse NaN or inf in any floating tensor, naming the checkpoint and tensor."""
         for member in self.members:
-            for name, info in sorted(member.tensors.items()):
-                if info.dtype.is_floating_point and not torch.isfinite(member.tensor(name)).all():
-                    raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{name}' holds NaN or inf")
+            for file in member.files:
+                tensor = self.scans()[file].nonfinite
+                if tensor is not None:
+                    raise RecyclerError(f"checkpoint '{member.name}' ({member.path}): tensor '{tensor}' holds NaN or inf")
 
     def fingerprint(self) -> str:
         """sha256 over tensor metadata and every file's checksum: what identifies the pool."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            meta = [(k, list(i.shape), str(i.dtype)) for k, i in sorted(self.reference.tensors.items())]
-            digest.update(json.dumps(meta).encode())
-            for member in self.members:
-                sums = cached_sha256(member.files)
-                digest.update(json.dumps([member.name, member is self.base, sums]).encode())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        digest = hashlib.sha256()
+        meta = [(k, list(i.shape), str(i.dtype)) for k, i in sorted(self.reference.tensors.items())]
+        digest.update(json.dumps(meta).encode())
+        for member in self.members:
+            sums = [self.scans()[file].sha256 for file in member.files]
+            digest.update(json.dumps([member.name, member is self.base, sums]).encode())
+        return digest.hexdigest()
 
 
 def load_pool(spec: PoolSpec) -> Pool:

@@ -173,9 +173,12 @@ class StreamedRows(Rows):
         self.source = source
         self._views: dict[str, list[torch.Tensor]] = {}
         if device.type == "cuda":
-            chunk = min(STREAM_CHUNK, max(s.numel() for s in shapes.values()))
-            self._pinned = [torch.empty((row_count, chunk), dtype=dtype, pin_memory=True) for _ in range(2)]
-            self._staged = [torch.empty((row_count, chunk), dtype=dtype, device=device) for _ in range(2)]
+            self._chunk = min(STREAM_CHUNK, max(s.numel() for s in shapes.values()))
+            # flat buffers: a piece of n rows of L elements is their first n * L, contiguous, so both
+            # copies stay single contiguous copies (a [:n, :L] slice of a 2-D buffer is not, and
+            # PyTorch stages a non-contiguous host-to-device copy through pageable memory)
+            self._pinned = [torch.empty(row_count * self._chunk, dtype=dtype, pin_memory=True) for _ in range(2)]
+            self._staged = [torch.empty(row_count * self._chunk, dtype=dtype, device=device) for _ in range(2)]
             self._copy_stream = torch.cuda.Stream(device)
             # one thread per row: a single memory copy from the page cache is far slower than the bus
             self._copiers = ThreadPoolExecutor(max_workers=max(1, min(row_count, os.cpu_count() or 1)))
@@ -196,7 +199,7 @@ class StreamedRows(Rows):
             super().weighted_sums(sums)  # the page cache is the CPU's resident copy
             return
         pieces = []
-        chunk, seen = self._pinned[0].shape[1], {}
+        chunk, seen = self._chunk, {}
         for s in sums:
             used, vector = self._rows_to_read(s, seen)
             if used:
@@ -212,12 +215,12 @@ class StreamedRows(Rows):
         def stage(k: int) -> None:
             s, used, _, start, end = pieces[k]
             slot, rows = k % 2, self.rows(s.name)
-            host = self._pinned[slot][: len(used), : end - start]
+            host = self._pinned[slot][: len(used) * (end - start)].view(len(used), end - start)
             copied[slot].synchronize()  # this pinned buffer's last copy to the device is done
             list(self._copiers.map(lambda r: host[r].copy_(rows[used[r]][start:end]), range(len(used))))
             with torch.cuda.stream(self._copy_stream):
                 self._copy_stream.wait_event(summed[slot])  # the device buffer's last chunk was summed
-                self._staged[slot][: len(used), : end - start].copy_(host, non_blocking=True)
+                self._staged[slot][: host.numel()].view_as(host).copy_(host, non_blocking=True)
                 copied[slot].record(self._copy_stream)
 
         if pieces:
@@ -225,8 +228,8 @@ class StreamedRows(Rows):
         for k, (s, used, vector, start, end) in enumerate(pieces):
             slot = k % 2
             compute.wait_event(copied[slot])
-            staged = self._staged[slot]
-            weighted_sum_into(s.out.view(-1)[start:end], vector, [staged[r, : end - start] for r in range(len(used))])
+            staged = self._staged[slot][: len(used) * (end - start)].view(len(used), end - start)
+            weighted_sum_into(s.out.view(-1)[start:end], vector, list(staged))
             summed[slot].record(compute)
             if k + 1 < len(pieces):
                 stage(k + 1)

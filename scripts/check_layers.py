@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "recycler"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "config", "references", "files", "yaml_files", "library_seams", "held_folder",
                      "residency", "pareto", "results", "search_spaces", "eval_suites", "demo.skills", "demo.tokenizer")),
-    ("inputs", ("task_yaml", "suite", "engine", "engines", "spec", "pool", "recipes", "baselines", "space")),
+    ("inputs", ("checkpoint_scan", "task_yaml", "suite", "engine", "engines", "spec", "pool", "recipes", "baselines", "space")),
     ("scoring", ("merge", "engines.*", "evaluate", "workers", "examples", "screening")),
     ("studies", ("records", "coordination", "study", "ledger", "front", "selection", "compare", "report", "export", "verify")),
     ("search", ("worker_pools", "cluster", "preparation", "progress", "search")),
