@@ -9,6 +9,7 @@ shares. No file is written and no second model is built per candidate.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +18,7 @@ import torch
 
 from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
-from recycler.recipes import MergeRecipe, RowsRecipe, WeightedRecipe
+from recycler.recipes import SPARSIFY_BYTES_PER_ELEMENT, MergeRecipe, RowsRecipe, WeightedRecipe
 from recycler.residency import (
     EAGER_SCRATCH_BYTES,
     ResidentRows,
@@ -53,9 +54,26 @@ class MemoryNeeds:
     def of(cls, pool: Pool, device: torch.device) -> MemoryNeeds:
         rows = len(pool.members)
         scratch = EAGER_SCRATCH_BYTES + StreamedRows.staging_bytes(rows, pool.dtype, device)
-        if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over
-            scratch += 2 * rows * pool.largest_tensor * 4
+        if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over, and sparsify a row
+            scratch += (2 * rows * 4 + SPARSIFY_BYTES_PER_ELEMENT) * pool.largest_tensor
         return cls(model=pool.model_bytes, scratch=scratch, stacks=rows * pool.model_bytes)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BLOCK_BYTES = 1 << 20
+
+
+def return_large_blocks() -> None:
+    """Have glibc give every freed block of LARGE_BLOCK_BYTES or more back to the system. By default
+    it raises its mmap threshold after each large free, up to 32 MiB, so later tensors below that
+    come from a heap that never shrinks, and a worker merging many tensors holds more private memory
+    than one model and scratch (tests/test_worker_memory.py). Fixing the threshold ends that. Not
+    glibc: nothing to do."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
 
 
 def available_memory(device: torch.device, workers_sharing: int = 1) -> int:
@@ -90,6 +108,7 @@ class PoolMerger:
 
     def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
                  workers_sharing: int = 1) -> None:
+        return_large_blocks()
         self.pool = pool
         self.device = torch.device(device)
         resident = keep_resident(pool, self.device, budget, workers_sharing)

@@ -285,6 +285,11 @@ def mask_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+# What sparsifying one float32 row allocates at its peak, per element: the magnitudes, kthvalue's
+# copy, the masks and the mask returned (TIES; DARE's probabilities and mask take less).
+SPARSIFY_BYTES_PER_ELEMENT = 16
+
+
 def _top_magnitudes(row: torch.Tensor, keep: int) -> torch.Tensor:
     """A 0/1 mask of the `keep` entries largest in magnitude, in linear time (a selection, no sort).
 

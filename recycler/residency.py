@@ -13,6 +13,7 @@ bits. This module needs torch alone: it is what runs on a GPU machine without th
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -32,7 +33,7 @@ RowSource = Callable[[str], list[torch.Tensor]]
 COMPILE_MIN_ELEMENTS = 1 << 20
 EAGER_CHUNK = 1 << 16
 STREAM_CHUNK = 1 << 24  # elements per row moved to a GPU at a time
-EAGER_SCRATCH_BYTES = 2 * EAGER_CHUNK * 4  # the eager sum's float32 accumulator and product
+EAGER_SCRATCH_BYTES = 2 * EAGER_CHUNK * 8  # the eager sum's float32 accumulator and product; a cosine's float64 pieces
 
 
 def _weighted_sum(out: torch.Tensor, coefficients: torch.Tensor, rows: list[torch.Tensor]) -> None:
@@ -125,14 +126,18 @@ class Rows(ABC):
         return rows
 
     def cosine(self, name: str, i: int, j: int, eps: float) -> float:
-        """Cosine between rows i and j of a tensor (norms below eps count as 1), computed once per pair."""
+        """Cosine between rows i and j of a tensor (norms below eps count as 1), computed once per
+        pair in float64, EAGER_CHUNK elements at a time: whole float64 copies of two rows of the
+        largest tensor would take far more than a worker's scratch."""
         key = (name, i, j)
         if key not in self._cosines:
             rows = self.rows(name)
-            a, b = (rows[r].to(self.device, torch.float64) for r in (i, j))
-            norm_a, norm_b = (float(torch.linalg.vector_norm(v)) for v in (a, b))
-            dot = float(a @ b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))
-            self._cosines[key] = min(1.0, max(-1.0, dot))
+            sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # a·b, a·a, b·b
+            for start in range(0, rows[i].numel(), EAGER_CHUNK):
+                a, b = (rows[r][start:start + EAGER_CHUNK].to(self.device, torch.float64) for r in (i, j))
+                sums += torch.stack([a @ b, a @ a, b @ b])
+            dot, norm_a, norm_b = float(sums[0]), math.sqrt(float(sums[1])), math.sqrt(float(sums[2]))
+            self._cosines[key] = min(1.0, max(-1.0, dot / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))))
         return self._cosines[key]
 
 

@@ -1,0 +1,50 @@
+"""Run as a script by tests/test_worker_memory.py, in a process of its own: merge every baseline
+recipe of a pool under a data limit of what the process holds after one warm-up merge plus the
+scratch MemoryNeeds promises and SLACK_BYTES. A recipe allocating more fails with MemoryError.
+
+    python tests/worker_memory_probe.py POOL.yaml streamed|stacked
+"""
+
+import resource
+import sys
+
+import torch
+
+from recycler.baselines import baseline_recipes
+from recycler.merge import MemoryNeeds, PoolMerger
+from recycler.pool import load_pool
+from recycler.recipes import LinearRecipe
+from recycler.spec import load_spec
+
+SLACK_BYTES = 24 << 20  # Python objects, small tensors, the allocator's rounding
+
+
+def private_data_bytes() -> int:
+    """The process's private writable memory (VmData), what RLIMIT_DATA limits."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmData in /proc/self/status")
+
+
+def main() -> None:
+    spec_path, residency = sys.argv[1], sys.argv[2]
+    pool = load_pool(load_spec(spec_path))
+    needs = MemoryNeeds.of(pool, torch.device("cpu"))
+    merger = PoolMerger(pool, "cpu", needs.streamed if residency == "streamed" else needs.resident)
+    assert type(merger.rows).__name__ == ("StreamedRows" if residency == "streamed" else "ResidentRows")
+    model = {name: torch.empty(shape, dtype=pool.dtype) for name, shape in merger.shapes.items()}
+    merger.write_into(LinearRecipe({name: 1.0 / len(pool.names) for name in pool.names}), model)  # compiles the kernel
+    limit = private_data_bytes() + needs.scratch + SLACK_BYTES
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    for label, recipe in baseline_recipes(pool.names, pool.base is not None).items():
+        try:
+            merger.write_into(recipe, model)
+        except (MemoryError, RuntimeError) as error:  # torch's allocator raises RuntimeError
+            print(f"{label}: more than the scratch promised ({needs.scratch} bytes) + {SLACK_BYTES}: {str(error)[:200]}")
+            sys.exit(1)
+    print("every recipe within scratch")
+
+
+if __name__ == "__main__":
+    main()
