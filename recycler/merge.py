@@ -21,6 +21,7 @@ from recycler.pool import Pool
 from recycler.recipes import SPARSIFY_BYTES_PER_ELEMENT, MergeRecipe, RowsRecipe, WeightedRecipe
 from recycler.residency import (
     EAGER_SCRATCH_BYTES,
+    HybridRows,
     ResidentRows,
     Rows,
     StreamedRows,
@@ -87,9 +88,11 @@ def available_memory(device: torch.device, workers_sharing: int = 1) -> int:
     return int(psutil.virtual_memory().available * AUTO_SHARE / max(1, workers_sharing))
 
 
-def keep_resident(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> bool:
-    """Whether the pool's stacks fit the budget (None: `auto`) beside one model and scratch; refused
-    with one line when not even one model and scratch fit."""
+def stacked_tensors(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> list[str]:
+    """The floating tensors whose rows are stacked on the device: as many as fit the budget (None:
+    `auto`) beside one model and scratch, smallest first, so the tensors streamed are the fewest (a
+    streamed tensor costs its bytes and a fixed overhead). Refused with one line when not even one
+    model and scratch fit."""
     needs = MemoryNeeds.of(pool, device)
     chosen = available_memory(device, workers_sharing) if budget is None else budget
     if needs.streamed > chosen:
@@ -98,7 +101,15 @@ def keep_resident(pool: Pool, device: torch.device, budget: int | None, workers_
             f"{source}: {format_bytes(chosen)} cannot hold one model of this pool plus scratch: a worker needs at "
             f"least {format_bytes(needs.streamed)} (model {format_bytes(needs.model)}, scratch {format_bytes(needs.scratch)})"
         )
-    return needs.resident <= chosen
+    room, stacked = chosen - needs.streamed, []
+    floating = [(torch.Size(info.shape).numel(), name) for name, info in pool.reference.tensors.items() if info.dtype.is_floating_point]
+    for numel, name in sorted(floating):
+        cost = len(pool.members) * numel * pool.dtype.itemsize  # stacked in the pool's dtype
+        if cost > room:
+            break
+        room -= cost
+        stacked.append(name)
+    return stacked
 
 
 class PoolMerger:
@@ -111,14 +122,24 @@ class PoolMerger:
         return_large_blocks()
         self.pool = pool
         self.device = torch.device(device)
-        resident = keep_resident(pool, self.device, budget, workers_sharing)
+        stacked = set(stacked_tensors(pool, self.device, budget, workers_sharing))
         self.shapes = {name: torch.Size(pool.reference.tensors[name].shape) for name in pool.tensor_names
                        if pool.reference.tensors[name].dtype.is_floating_point}
-        if resident:
-            self.rows: Rows = ResidentRows(pool.rows, self.shapes, len(pool.members), pool.dtype, self.device,
-                                           on_row=self._check_row)
+        rows, dtype = len(pool.members), pool.dtype
+
+        def resident(shapes: dict[str, torch.Size]) -> ResidentRows:
+            return ResidentRows(pool.rows, shapes, rows, dtype, self.device, on_row=self._check_row)
+
+        def streamed(shapes: dict[str, torch.Size]) -> StreamedRows:
+            return StreamedRows(pool.rows, shapes, rows, dtype, self.device)
+
+        if stacked == set(self.shapes):
+            self.rows: Rows = resident(self.shapes)
+        elif not stacked:
+            self.rows = streamed(self.shapes)
         else:
-            self.rows = StreamedRows(pool.rows, self.shapes, len(pool.members), pool.dtype, self.device)
+            self.rows = HybridRows(resident({n: s for n, s in self.shapes.items() if n in stacked}),
+                                   streamed({n: s for n, s in self.shapes.items() if n not in stacked}))
 
     def _check_row(self, name: str, index: int, row: torch.Tensor) -> None:
         if not torch.isfinite(row).all():

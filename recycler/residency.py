@@ -3,11 +3,11 @@
 A tensor's rows are its sources: the checkpoints in pool order, then the base. They either sit
 stacked on the worker's device (`ResidentRows`, when the stacks fit the worker's memory budget) or
 are read where they lie (`StreamedRows`): the memory-mapped safetensors files, which every worker on
-a machine shares through the page cache, so no worker holds a copy of the pool. On a GPU, streamed
-chunks go through two pinned host buffers: one chunk's copy to the device overlaps the previous
-chunk's sum.
+a machine shares through the page cache, so no worker holds a copy of the pool. A budget between
+the two stacks the tensors it holds and streams the rest (`HybridRows`). On a GPU, streamed chunks
+go through two pinned host buffers: one chunk's copy to the device overlaps the previous chunk's sum.
 
-Both residencies feed the same rows to the same kernel, `weighted_sum_into`, so they give the same
+Every residency feeds the same rows to the same kernel, `weighted_sum_into`, so they give the same
 bits. This module needs torch alone: it is what runs on a GPU machine without the rest of recycler.
 """
 
@@ -238,3 +238,23 @@ class StreamedRows(Rows):
             summed[slot].record(compute)
             if k + 1 < len(pieces):
                 stage(k + 1)
+
+
+class HybridRows(Rows):
+    """Some tensors' rows stacked on the device (those the memory budget holds), the others streamed:
+    each sum is done where its tensor's rows are, so every candidate moves only the streamed bytes."""
+
+    def __init__(self, stacked: ResidentRows, streamed: StreamedRows) -> None:
+        super().__init__({**stacked.shapes, **streamed.shapes}, stacked.row_count, stacked.dtype, stacked.device)
+        self.stacked, self.streamed = stacked, streamed
+
+    @property
+    def stacked_bytes(self) -> int:
+        return self.stacked.stacked_bytes
+
+    def rows(self, name: str) -> list[torch.Tensor]:
+        return (self.stacked if name in self.stacked.shapes else self.streamed).rows(name)
+
+    def weighted_sums(self, sums: Sequence[WeightedSum]) -> None:
+        self.stacked.weighted_sums([s for s in sums if s.name in self.stacked.shapes])
+        self.streamed.weighted_sums([s for s in sums if s.name not in self.stacked.shapes])

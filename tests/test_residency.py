@@ -17,7 +17,7 @@ from recycler.recipes import (
     SlerpRecipe,
     TaskVectorRecipe,
 )
-from recycler.residency import COMPILE_MIN_ELEMENTS, ResidentRows, StreamedRows
+from recycler.residency import COMPILE_MIN_ELEMENTS, HybridRows, ResidentRows, StreamedRows
 from recycler.spec import load_spec
 from tests.suites import write_suite
 
@@ -45,19 +45,32 @@ def pool(request, tmp_path_factory):
 def test_budget_decides_residency(pool):
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
     assert isinstance(Merger(pool, budget=needs.resident).rows, ResidentRows)
-    assert isinstance(Merger(pool, budget=needs.resident - 1).rows, StreamedRows)
+    hybrid = Merger(pool, budget=needs.resident - 1).rows  # all but the largest tensor (the last by name of those) stacked
+    largest = max(hybrid.shapes, key=lambda name: (hybrid.shapes[name].numel(), name))
+    assert isinstance(hybrid, HybridRows) and set(hybrid.streamed.shapes) == {largest}
+    assert hybrid.stacked_bytes == needs.stacks - len(pool.members) * hybrid.shapes[largest].numel() * pool.dtype.itemsize
     assert isinstance(Merger(pool, budget=needs.streamed).rows, StreamedRows)
+
+
+def hybrid_budget(pool) -> int:
+    """A budget that stacks about half the pool's bytes and streams the rest."""
+    needs = MemoryNeeds.of(pool, torch.device("cpu"))
+    return needs.streamed + needs.stacks // 2
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 @pytest.mark.filterwarnings("error:recycler. the fused merge kernel is unavailable")
-def test_streamed_equals_resident_bit_for_bit(pool, recipe):
+def test_streamed_and_hybrid_equal_resident_bit_for_bit(pool, recipe):
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
     resident = Merger(pool, budget=needs.resident).apply(RECIPES[recipe]).state_dict()
     streamed = Merger(pool, budget=needs.streamed).apply(RECIPES[recipe]).state_dict()
-    assert resident.keys() == streamed.keys()
+    hybrid_merger = Merger(pool, budget=hybrid_budget(pool))
+    assert isinstance(hybrid_merger.rows, HybridRows) and hybrid_merger.rows.stacked.shapes and hybrid_merger.rows.streamed.shapes
+    hybrid = hybrid_merger.apply(RECIPES[recipe]).state_dict()
+    assert resident.keys() == streamed.keys() == hybrid.keys()
     for name in resident:
         assert torch.equal(resident[name], streamed[name]), name
+        assert torch.equal(resident[name], hybrid[name]), name
 
 
 def test_a_streaming_merger_does_not_grow_from_one_candidate_to_the_next(tmp_path):
