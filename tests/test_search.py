@@ -78,7 +78,9 @@ def test_interrupted_trials_are_failed_and_run_again(tmp_path, search_spec):
     assert finished_trials(study) == 6
 
 
-def test_front_json_from_the_command(tmp_path, search_spec):
+def test_front_json_from_the_command(tmp_path, search_spec, capsys):
+    """`recycler front` and `recycler export --pick` through the command's entry point (one real
+    process: the first call)."""
     spec = search_spec(trials=6, space="linear")
     folder = tmp_path / "study"
     run_search(spec, folder, progress=False, in_process=True)
@@ -86,6 +88,11 @@ def test_front_json_from_the_command(tmp_path, search_spec):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     front = json.loads(result.stdout)
+
+    def recycler(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main(list(args))
+        return status, capsys.readouterr().out
     assert front["objectives"] == ["sums", "pick"] and front["held_out"] == ["carry"]
     study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))))
@@ -98,22 +105,20 @@ def test_front_json_from_the_command(tmp_path, search_spec):
     # Narrowed: members meeting a constraint, ranked by a preference, limited; baselines still listed.
     members = [e for e in front["trials"] if e["on_front"]]
     bar = sorted(e["scores"]["pick"] for e in members)[len(members) // 2]
-    narrowed = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder), "--format", "json",
-                               "--where", f"pick>={bar}", "--rank", "sums=1", "--limit", "2"],
-                              capture_output=True, text=True, timeout=120)
-    assert narrowed.returncode == 0, narrowed.stderr
-    kept = [e for e in json.loads(narrowed.stdout)["trials"] if e["on_front"]]
+    status, narrowed = recycler("front", str(folder), "--format", "json", "--where", f"pick>={bar}", "--rank", "sums=1",
+                                "--limit", "2")
+    assert status == 0
+    kept = [e for e in json.loads(narrowed)["trials"] if e["on_front"]]
     eligible = sorted((e for e in members if e["scores"]["pick"] >= bar), key=lambda e: -e["scores"]["sums"])
     assert [e["trial"] for e in kept] == [e["trial"] for e in eligible[:2]]
-    assert {e["baseline_name"] for e in json.loads(narrowed.stdout)["trials"] if e["baseline"]} >= {"c0", "c1", "c2", "uniform"}
+    assert {e["baseline_name"] for e in json.loads(narrowed)["trials"] if e["baseline"]} >= {"c0", "c1", "c2", "uniform"}
 
-    table = subprocess.run([sys.executable, "-m", "recycler.cli", "front", str(folder)], capture_output=True, text=True, timeout=120)
-    header = table.stdout.splitlines()[0].split()
+    status, table = recycler("front", str(folder))
+    assert status == 0
+    header = table.splitlines()[0].split()
     assert header[:4] == ["trial", "kind", "method", "front"] and "ho:carry" in header and "w:c0" not in header
 
-    picked = subprocess.run([sys.executable, "-m", "recycler.cli", "export", str(folder), "--pick", "sums=1",
-                             "--where", f"pick>={bar}", "--out", str(tmp_path / "picked")], capture_output=True, text=True, timeout=300)
-    assert picked.returncode == 0, picked.stderr
+    assert recycler("export", str(folder), "--pick", "sums=1", "--where", f"pick>={bar}", "--out", str(tmp_path / "picked"))[0] == 0
     assert json.loads((tmp_path / "picked" / "recycler.json").read_text())["scores"] == eligible[0]["scores"]
 
 
