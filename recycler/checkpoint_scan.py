@@ -124,7 +124,7 @@ def scan_files(files: list[Path]) -> dict[Path, FileScan]:
             stamps[file] = (key, stamp)
     if not stamps:
         return scans
-    with ThreadPoolExecutor(max_workers=min(len(stamps), os.cpu_count() or 1)) as threads:
+    with ThreadPoolExecutor(max_workers=min(len(stamps), len(os.sched_getaffinity(0)))) as threads:
         for file, scan in zip(stamps, threads.map(scan_file, stamps)):
             scans[file] = scan
             key, stamp = stamps[file]

@@ -20,7 +20,7 @@ from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe
 from recycler.results import CandidateResult
 from recycler.spec import PoolSpec
-from recycler.worker_pools import Finished, Job, raised_error
+from recycler.worker_pools import Finished, JobT, raised_error
 from recycler.workers import MergeWorker, worker_device
 
 def connect_ray(address: str | None) -> None:
@@ -33,7 +33,7 @@ def connect_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-class RayWorkers(Generic[Job]):
+class RayWorkers(Generic[JobT]):
     """`resources.workers` worker actors; at most one job each in flight (a WorkerPool)."""
 
     def __init__(self, spec: PoolSpec, address: str | None, *, progress: bool = False) -> None:
@@ -42,21 +42,21 @@ class RayWorkers(Generic[Job]):
         self.progress = progress
         self.workers: list[Any] = []
         self.idle: list[Any] = []
-        self._in_flight: dict[Any, tuple[Any, Job]] = {}
+        self._in_flight: dict[Any, tuple[Any, JobT]] = {}
         self._replacing: dict[Any, Any] = {}  # a starting replacement's ready() reference -> the worker
         self._short_since: float | None = None  # since when no worker has been alive, replacements pending
         self._start(spec.resources.workers)
 
-    def submit(self, recipe: MergeRecipe, job: Job, examples: dict[str, list[int]] | None = None) -> None:
+    def submit(self, recipe: MergeRecipe, job: JobT, examples: dict[str, list[int]] | None = None) -> None:
         """Score the recipe (on those examples only, when given) on an idle worker; `job` comes back
         with its result."""
         worker = self.idle.pop()
         self._in_flight[worker.evaluate.remote(recipe.to_json(), examples)] = (worker, job)
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[JobT]:
         return [job for _, job in self._in_flight.values()]
 
-    def next_finished(self, timeout: float) -> Finished[Job] | None:
+    def next_finished(self, timeout: float) -> Finished[JobT] | None:
         """Wait up to `timeout` seconds for the first job in flight to finish; None if none did, or
         if a replacement worker joined instead. A worker lost on the way is replaced."""
         import ray
@@ -85,7 +85,7 @@ class RayWorkers(Generic[Job]):
         self.idle.append(worker)
         return Finished(job, result, died=False)
 
-    def _lost(self, worker: Any, job: Job, error: Exception) -> Finished[Job]:
+    def _lost(self, worker: Any, job: JobT, error: Exception) -> Finished[JobT]:
         import ray
 
         self.workers.remove(worker)

@@ -55,7 +55,7 @@ def database_storage(url: str, heartbeat_seconds: int | None) -> RDBStorage:
     heartbeat: dict[str, Any] = {}
     if heartbeat_seconds is not None:
         heartbeat = {"heartbeat_interval": heartbeat_seconds, "grace_period": GRACE_BEATS * heartbeat_seconds,
-                     "heartbeat_stale_trial_callback": requeue_lost}
+                     "heartbeat_stale_trial_callback": queue_lost_work}
 
     def connect() -> RDBStorage:
         with warnings.catch_warnings():  # experimental since Optuna 2.9, and what Study.optimize relies on
@@ -70,7 +70,7 @@ def database_storage(url: str, heartbeat_seconds: int | None) -> RDBStorage:
     return connect()
 
 
-def requeue_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+def queue_lost_work(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial of a driver that stopped beating (now failed): queue its work again. A trial lost
     before its parameters were drawn had nothing evaluated and is failed only; being lost does not
     use up an attempt."""
@@ -102,7 +102,7 @@ def fail_lost_trials(study: optuna.Study, storage: RDBStorage) -> None:
         except optuna.exceptions.UpdateFinishedTrialError:  # another driver failed it first
             continue
         if failed:
-            requeue_lost(study, storage.get_trial(trial_id))
+            queue_lost_work(study, storage.get_trial(trial_id))
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
@@ -238,7 +238,7 @@ class JournalFolder:
     def requeue_interrupted(self, study: optuna.Study) -> None:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
-            requeue_lost(study, trial)
+            queue_lost_work(study, trial)
 
     def requeue_lost(self, study: optuna.Study) -> None:
         """No other driver runs this study, so none can lose a trial of it."""

@@ -4,13 +4,12 @@ A recipe (`recycler.recipes`) says what each tensor is: a weighted sum of its ro
 checkpoints in pool order, then the base) or a function of the rows in float32. The engine decides
 where the rows live (`recycler.residency`): stacked on the worker's device when the stacks fit its
 memory budget, else streamed from the pool's memory-mapped files, which every worker on a machine
-shares. No file is written and no second model is built per candidate.
+shares; on a GPU, a budget between the two stacks the tensors it holds and streams the rest. No file is written and no second model is built per candidate.
 """
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -57,24 +56,17 @@ class MemoryNeeds:
         scratch = EAGER_SCRATCH_BYTES + StreamedRows.staging_bytes(rows, pool.dtype, device)
         if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over, and sparsify a row
             scratch += (2 * rows * 4 + SPARSIFY_BYTES_PER_ELEMENT) * pool.largest_tensor
-        return cls(model=pool.model_bytes, scratch=scratch, stacks=rows * pool.model_bytes)
+        return cls(model=pool.model_bytes, scratch=scratch, stacks=sum(stack_bytes(pool, name) for name in floating_tensors(pool)))
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_BLOCK_BYTES = 1 << 20
+def floating_tensors(pool: Pool) -> list[str]:
+    """The tensors a merge computes: the reference's floating-point ones, by name."""
+    return [name for name in pool.tensor_names if pool.reference.tensors[name].dtype.is_floating_point]
 
 
-def return_large_blocks() -> None:
-    """Have glibc give every freed block of LARGE_BLOCK_BYTES or more back to the system. By default
-    it raises its mmap threshold after each large free, up to 32 MiB, so later tensors below that
-    come from a heap that never shrinks, and a worker merging many tensors holds more private memory
-    than one model and scratch (tests/test_worker_memory.py). Fixing the threshold ends that. Not
-    glibc: nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+def stack_bytes(pool: Pool, name: str) -> int:
+    """A tensor's rows stacked: every member's, in the pool's dtype (as ResidentRows holds them)."""
+    return len(pool.members) * torch.Size(pool.reference.tensors[name].shape).numel() * pool.dtype.itemsize
 
 
 def available_memory(device: torch.device, workers_sharing: int = 1) -> int:
@@ -88,11 +80,9 @@ def available_memory(device: torch.device, workers_sharing: int = 1) -> int:
     return int(psutil.virtual_memory().available * AUTO_SHARE / max(1, workers_sharing))
 
 
-def stacked_tensors(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> list[str]:
-    """The floating tensors whose rows are stacked on the device: as many as fit the budget (None:
-    `auto`) beside one model and scratch, smallest first, so the tensors streamed are the fewest (a
-    streamed tensor costs its bytes and a fixed overhead). Refused with one line when not even one
-    model and scratch fit."""
+def check_merge_budget(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> int:
+    """The budget (None: `auto`, measured here); refused with one line when not even one model and
+    scratch fit in it."""
     needs = MemoryNeeds.of(pool, device)
     chosen = available_memory(device, workers_sharing) if budget is None else budget
     if needs.streamed > chosen:
@@ -101,14 +91,23 @@ def stacked_tensors(pool: Pool, device: torch.device, budget: int | None, worker
             f"{source}: {format_bytes(chosen)} cannot hold one model of this pool plus scratch: a worker needs at "
             f"least {format_bytes(needs.streamed)} (model {format_bytes(needs.model)}, scratch {format_bytes(needs.scratch)})"
         )
-    room, stacked = chosen - needs.streamed, []
-    floating = [(torch.Size(info.shape).numel(), name) for name, info in pool.reference.tensors.items() if info.dtype.is_floating_point]
-    for numel, name in sorted(floating):
-        cost = len(pool.members) * numel * pool.dtype.itemsize  # stacked in the pool's dtype
-        if cost > room:
+    return chosen
+
+
+def stacked_tensors(pool: Pool, device: torch.device, budget: int | None, workers_sharing: int = 1) -> list[str]:
+    """The tensors whose rows are stacked on the device, the rest streamed. On a GPU, as many as fit
+    the budget beside one model and scratch, smallest first, so the tensors streamed over the bus are
+    the fewest (each costs its bytes and a fixed overhead). On the CPU all or none: the page cache is
+    already every worker's shared copy, so stacking part of it privately costs memory and saves no bus."""
+    room = check_merge_budget(pool, device, budget, workers_sharing) - MemoryNeeds.of(pool, device).streamed
+    stacked = []
+    for name in sorted(floating_tensors(pool), key=lambda n: (stack_bytes(pool, n), n)):
+        if stack_bytes(pool, name) > room:
             break
-        room -= cost
+        room -= stack_bytes(pool, name)
         stacked.append(name)
+    if device.type != "cuda" and len(stacked) < len(floating_tensors(pool)):
+        return []
     return stacked
 
 
@@ -118,13 +117,16 @@ class PoolMerger:
     (`merged_tensors`) to an engine that loads weights itself."""
 
     def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
-                 workers_sharing: int = 1) -> None:
-        return_large_blocks()
+                 workers_sharing: int = 1, stacked: Collection[str] | None = None) -> None:
+        """`stacked` names the tensors to stack (the rest streamed) in place of the budget's choice."""
         self.pool = pool
         self.device = torch.device(device)
-        stacked = set(stacked_tensors(pool, self.device, budget, workers_sharing))
-        self.shapes = {name: torch.Size(pool.reference.tensors[name].shape) for name in pool.tensor_names
-                       if pool.reference.tensors[name].dtype.is_floating_point}
+        if stacked is None:
+            stacked = stacked_tensors(pool, self.device, budget, workers_sharing)
+        else:
+            check_merge_budget(pool, self.device, budget, workers_sharing)
+        stacked = set(stacked)
+        self.shapes = {name: torch.Size(pool.reference.tensors[name].shape) for name in floating_tensors(pool)}
         rows, dtype = len(pool.members), pool.dtype
 
         def resident(shapes: dict[str, torch.Size]) -> ResidentRows:
@@ -175,10 +177,10 @@ class Merger(PoolMerger):
     """A pool merger writing into one resident transformers model (the `hf` engine's, and exports')."""
 
     def __init__(self, pool: Pool, device: str | torch.device = "cpu", budget: int | None = None,
-                 workers_sharing: int = 1) -> None:
+                 workers_sharing: int = 1, stacked: Collection[str] | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
-        super().__init__(pool, device, budget, workers_sharing)
+        super().__init__(pool, device, budget, workers_sharing, stacked)
         self.model = AutoModelForCausalLM.from_pretrained(str(pool.reference.path), dtype=pool.dtype).to(self.device)
         self.model.eval()
         parameters = self.model.state_dict(keep_vars=True)

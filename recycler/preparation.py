@@ -21,7 +21,7 @@ from recycler.coordination import Coordination, coordination_for, database_stora
 from recycler.engine import engine_class
 from recycler.errors import RecyclerError
 from recycler.examples import prompts_kept, write_prompts
-from recycler.merge import stacked_tensors
+from recycler.merge import check_merge_budget
 from recycler.pool import load_pool
 from recycler.recipes import MergeRecipe, layer_count
 from recycler.records import (
@@ -103,8 +103,8 @@ def prepare_study(spec: PoolSpec, folder: Path, storage: str | None = None) -> P
     if spec.search.fidelity is not None:
         _check_screenable(suite, tasks)
     make_sampler(spec.search.sampler, spec.search.seed)
-    if spec.resources.memory_budget is not None:  # a budget too small for one model is refused; `auto` is
-        stacked_tensors(pool, worker_device(spec), spec.resources.memory_budget)  # measured on each worker's machine
+    if spec.resources.memory_budget is not None:  # `auto` is measured on each worker's machine
+        check_merge_budget(pool, worker_device(spec), spec.resources.memory_budget)
     engine_class(spec.resources.engine).check(pool, spec.resources, worker_device(spec))
     pool.check_finite()
     candidate = StudyInfo(

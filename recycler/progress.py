@@ -18,10 +18,10 @@ from recycler.study import StudyInfo
 class TrialsBar:
     """The trials bar, with the front's size and hypervolume, kept up one trial at a time."""
 
-    def __init__(self, study: optuna.Study, info: StudyInfo, budget: int, enabled: bool, screened: bool) -> None:
+    def __init__(self, study: optuna.Study, info: StudyInfo, budget: int, enabled: bool, screening_on: bool) -> None:
         from tqdm import tqdm
 
-        self.study, self.info, self.screened = study, info, screened
+        self.study, self.info, self.screening_on = study, info, screening_on
         self.bar = tqdm(total=budget, initial=finished_trials(study), desc="trials", disable=not enabled,
                         dynamic_ncols=True)
         self.tracker: FrontTracker | None = None
@@ -35,7 +35,7 @@ class TrialsBar:
         postfix = {}
         if self.tracker is not None:
             postfix = {"front": len(self.tracker.front), "hv": f"{self.tracker.hypervolume:.4g}"}
-        spent = examples_spent(self.study) if self.screened else None
+        spent = examples_spent(self.study) if self.screening_on else None
         if spent is not None:
             postfix["saved"] = f"{spent.saved / max(1, spent.saved + spent.scored):.0%} of examples"
         self.bar.set_postfix(postfix)

@@ -133,8 +133,9 @@ class Rows(ABC):
         if key not in self._cosines:
             rows = self.rows(name)
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # a·b, a·a, b·b
-            for start in range(0, rows[i].numel(), EAGER_CHUNK):
-                a, b = (rows[r][start:start + EAGER_CHUNK].to(self.device, torch.float64) for r in (i, j))
+            chunk = EAGER_CHUNK if self.device.type == "cpu" else STREAM_CHUNK // 8  # within the staging buffers' size
+            for start in range(0, rows[i].numel(), chunk):
+                a, b = (rows[r][start:start + chunk].to(self.device, torch.float64) for r in (i, j))
                 sums += torch.stack([a @ b, a @ a, b @ b])
             dot, norm_a, norm_b = float(sums[0]), math.sqrt(float(sums[1])), math.sqrt(float(sums[2]))
             self._cosines[key] = min(1.0, max(-1.0, dot / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0))))

@@ -158,7 +158,7 @@ class _Loop:
             self._requeue_lost()
             self.stopping = self.stopping or self.should_stop()
             while self.workers.idle and self.waiting:  # even when stopping: begun, not new work
-                self._submit(self.waiting.pop(0))
+                self._submit(self._next_waiting())
             if not self.stopping:
                 self._fill_idle_workers()
             if not self.workers.jobs() and self._done():
@@ -166,6 +166,11 @@ class _Loop:
             finished = self.workers.next_finished(timeout=self.spec.resources.heartbeat_seconds)
             if finished is not None:
                 self._record(finished)
+
+    def _next_waiting(self) -> Job:
+        """Promoted trials first (their screening stage is already paid for), then baselines to score again."""
+        index = next((i for i, job in enumerate(self.waiting) if isinstance(job, Completion)), 0)
+        return self.waiting.pop(index)
 
     def _done(self) -> bool:
         """With nothing in flight here: whether this driver is through. It waits while the budget is

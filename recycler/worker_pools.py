@@ -19,16 +19,16 @@ from recycler.results import CandidateResult
 from recycler.spec import PoolSpec
 from recycler.workers import MergeWorker, worker_device
 
-Job = TypeVar("Job")
+JobT = TypeVar("JobT")
 
 
 @dataclass(frozen=True)
-class Finished(Generic[Job]):
+class Finished(Generic[JobT]):
     """A job's outcome: the worker's result (possibly a bad candidate it reported), or a failed
     result with the exception in one line when scoring `raised` (the worker is kept), or with why
     when the worker `died` (it was lost and is replaced)."""
 
-    job: Job
+    job: JobT
     result: CandidateResult
     died: bool
     raised: bool = False
@@ -44,40 +44,40 @@ def raised_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {one_line(error, 400)}"
 
 
-class WorkerPool(Protocol[Job]):
+class WorkerPool(Protocol[JobT]):
     """Workers the loop hands candidates to; `idle` holds a free slot per worker ready for a job."""
 
     idle: list[Any]
 
-    def submit(self, recipe: MergeRecipe, job: Job, examples: dict[str, list[int]] | None = None) -> None:
+    def submit(self, recipe: MergeRecipe, job: JobT, examples: dict[str, list[int]] | None = None) -> None:
         """Score the recipe (on those examples only, when given) in an idle slot; `job` comes back with its result."""
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[JobT]:
         """The jobs in flight."""
 
-    def next_finished(self, timeout: float) -> Finished[Job] | None:
+    def next_finished(self, timeout: float) -> Finished[JobT] | None:
         """The next job to finish, waiting up to `timeout` seconds; None if none did."""
 
     def close(self) -> None:
         """Stop every worker."""
 
 
-class SerialWorkers(Generic[Job]):
+class SerialWorkers(Generic[JobT]):
     """One worker in this process; `resources.workers` slots, whose jobs it scores one after another
     in the order they were handed out, so the loop has as many candidates in flight as with Ray."""
 
     def __init__(self, spec: PoolSpec) -> None:
         self.worker = MergeWorker(spec, worker_device(spec).type)
         self.idle: list[Any] = list(range(spec.resources.workers))
-        self._queued: list[tuple[Any, MergeRecipe, Job, dict[str, list[int]] | None]] = []
+        self._queued: list[tuple[Any, MergeRecipe, JobT, dict[str, list[int]] | None]] = []
 
-    def submit(self, recipe: MergeRecipe, job: Job, examples: dict[str, list[int]] | None = None) -> None:
+    def submit(self, recipe: MergeRecipe, job: JobT, examples: dict[str, list[int]] | None = None) -> None:
         self._queued.append((self.idle.pop(), recipe, job, examples))
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[JobT]:
         return [job for _, _, job, _ in self._queued]
 
-    def next_finished(self, timeout: float) -> Finished[Job] | None:
+    def next_finished(self, timeout: float) -> Finished[JobT] | None:
         if not self._queued:  # nothing handed out: wait, as the Ray pool does, for other drivers' trials
             time.sleep(timeout)
             return None

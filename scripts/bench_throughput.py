@@ -40,9 +40,9 @@ def bench_recycler(spec, points) -> dict:
     setup = time.perf_counter() - started
     worker.evaluate(LinearRecipe(points[0]).to_json())  # warm-up: first forward passes allocate
     results = [worker.evaluate(LinearRecipe(p).to_json()) for p in points]
-    trial = [r["trial_seconds"] for r in results]
+    trial = [r.costs.trial_seconds for r in results]
     forward = [r.costs.forward_seconds for r in results]
-    merge = [r["merge_seconds"] for r in results]
+    merge = [r.costs.merge_seconds for r in results]
     return {
         "setup_s": setup,
         "trial_s_median": statistics.median(trial),

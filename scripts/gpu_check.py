@@ -182,7 +182,7 @@ def _stream_in_process(files, shapes, dtype, coefficients, repeats, start, resul
     sums = [WeightedSum(n, coefficients, out) for n, out in outputs.items()]
     rows.weighted_sums(sums)  # warm-up: compile, page tables
     torch.cuda.synchronize()
-    start.wait()
+    start.wait(timeout=300)
     began = time.perf_counter()
     for _ in range(repeats):
         rows.weighted_sums(sums)
@@ -201,9 +201,15 @@ def concurrent_streaming(files, shapes, dtype, coefficients, processes: int, rep
                for _ in range(processes)]
     for worker in workers:
         worker.start()
-    start.wait()
-    began = time.perf_counter()
-    times = [results.get(timeout=600) for _ in workers]
+    try:  # a process that fails before the barrier (out of memory, a compile error) must not hang the run
+        start.wait(timeout=300)
+        began = time.perf_counter()
+        times = [results.get(timeout=300) for _ in workers]
+    except Exception as error:  # threading.BrokenBarrierError, queue.Empty
+        for worker in workers:
+            worker.kill()
+        return {"processes": processes, "failed": f"{type(error).__name__}: {error}",
+                "exit_codes": [worker.exitcode for worker in workers]}
     wall = time.perf_counter() - began
     for worker in workers:
         worker.join()
@@ -244,6 +250,9 @@ def whole_trial(checkpoints: int, layers: int, hidden: int) -> dict[str, float]:
             parameters = dict(model.named_parameters())
             sums = [WeightedSum(n, coefficients, parameters[n].data) for n in shapes if n in parameters]
             with torch.no_grad():
+                rows.weighted_sums(sums)  # warm-up: the kernel's compile and first calls are not the trial's
+                if device == "cuda":
+                    torch.cuda.synchronize()
                 began = time.perf_counter()
                 rows.weighted_sums(sums)
                 if device == "cuda":

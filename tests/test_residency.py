@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from recycler.demo.tiny import write_pool
-from recycler.merge import MemoryNeeds, Merger
+from recycler.merge import MemoryNeeds, Merger, floating_tensors, stack_bytes, stacked_tensors
 from recycler.pool import load_pool
 from recycler.recipes import (
     LayerwiseRecipe,
@@ -45,17 +45,20 @@ def pool(request, tmp_path_factory):
 def test_budget_decides_residency(pool):
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
     assert isinstance(Merger(pool, budget=needs.resident).rows, ResidentRows)
-    hybrid = Merger(pool, budget=needs.resident - 1).rows  # all but the largest tensor (the last by name of those) stacked
-    largest = max(hybrid.shapes, key=lambda name: (hybrid.shapes[name].numel(), name))
-    assert isinstance(hybrid, HybridRows) and set(hybrid.streamed.shapes) == {largest}
-    assert hybrid.stacked_bytes == needs.stacks - len(pool.members) * hybrid.shapes[largest].numel() * pool.dtype.itemsize
+    assert isinstance(Merger(pool, budget=needs.resident - 1).rows, StreamedRows)  # the CPU: all or none
     assert isinstance(Merger(pool, budget=needs.streamed).rows, StreamedRows)
+    on_gpu = MemoryNeeds.of(pool, torch.device("cuda"))  # a GPU stacks what its budget holds, smallest first
+    floating = sorted(stack_bytes(pool, name) for name in floating_tensors(pool))
+    assert len(stacked_tensors(pool, torch.device("cuda"), on_gpu.resident)) == len(floating)
+    assert len(stacked_tensors(pool, torch.device("cuda"), on_gpu.resident - 1)) == len(floating) - 1
+    assert len(stacked_tensors(pool, torch.device("cuda"), on_gpu.streamed + sum(floating[:3]))) == 3
+    assert stacked_tensors(pool, torch.device("cuda"), on_gpu.streamed) == []
 
 
-def hybrid_budget(pool) -> int:
-    """A budget that stacks about half the pool's bytes and streams the rest."""
-    needs = MemoryNeeds.of(pool, torch.device("cpu"))
-    return needs.streamed + needs.stacks // 2
+def half_of_the_tensors(pool) -> list[str]:
+    """The smaller half of the pool's tensors, to stack while the rest are streamed."""
+    names = sorted(floating_tensors(pool), key=lambda name: stack_bytes(pool, name))
+    return names[: len(names) // 2]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -64,7 +67,7 @@ def test_streamed_and_hybrid_equal_resident_bit_for_bit(pool, recipe):
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
     resident = Merger(pool, budget=needs.resident).apply(RECIPES[recipe]).state_dict()
     streamed = Merger(pool, budget=needs.streamed).apply(RECIPES[recipe]).state_dict()
-    hybrid_merger = Merger(pool, budget=hybrid_budget(pool))
+    hybrid_merger = Merger(pool, budget=needs.streamed, stacked=half_of_the_tensors(pool))
     assert isinstance(hybrid_merger.rows, HybridRows) and hybrid_merger.rows.stacked.shapes and hybrid_merger.rows.streamed.shapes
     hybrid = hybrid_merger.apply(RECIPES[recipe]).state_dict()
     assert resident.keys() == streamed.keys() == hybrid.keys()
