@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from recycler.files import cache_dir, write_text_atomic
+from recycler.files import cache_dir, open_regular, write_text_atomic
 
 CACHE_FILE = "checkpoint-scans.json"
 PIECE_BYTES = 64 << 20  # hashed, then checked, while in cache
@@ -82,10 +82,12 @@ def _finite(piece: memoryview, dtype: torch.dtype) -> bool:
 
 
 def scan_file(file: Path) -> FileScan:
-    """Hash the file and check its floating tensors, reading each byte once."""
+    """Hash the file and check its floating tensors, reading each byte once. The file is opened as
+    a regular file, checked on its descriptor, so a FIFO or device put in its place is refused with
+    one line instead of blocking the start."""
     digest = hashlib.sha256()
     nonfinite = None
-    with open(file, "rb") as handle:
+    with os.fdopen(open_regular(file, "checkpoint file"), "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             return FileScan(digest.hexdigest(), None)

@@ -69,6 +69,15 @@ def test_an_unreadable_cache_only_costs_a_new_read(tmp_path, monkeypatch):
     assert scan_files([path])[path].sha256 == "from the cache"
 
 
+def test_a_fifo_in_place_of_a_weight_file_is_refused_without_blocking(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECYCLER_CACHE", str(tmp_path / "cache"))
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(RecyclerError, match="checkpoint file: .*model.safetensors is not a regular file"):
+        scan_files([fifo])
+    assert not (tmp_path / "cache" / CACHE_FILE).exists()  # nothing cached of it
+
+
 def test_a_pool_is_read_once_for_its_fingerprint_and_its_nan_check(tmp_path, monkeypatch):
     monkeypatch.setenv("RECYCLER_CACHE", str(tmp_path / "cache"))
     spec = load_spec(write_pool(tmp_path, 3))
