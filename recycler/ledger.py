@@ -114,7 +114,8 @@ class Ledger:
             return None
         write_results(self.folder, trial.number, result.examples)
         if self.screening is not None:  # what later candidates are paired with at screening
-            record_subset_scores(trial, self.screening.on_subset(result.examples, self.objectives))
+            record_subset_scores(trial, self.screening.on_subset(result.examples, self.objectives),
+                                 self.screening.standard_errors(result.examples, self.objectives))
         record_cost(trial, result.examples_scored, result.costs.forward_tokens)
         values = [result.scores[o] for o in self.objectives]
         self.study.tell(trial, values)
@@ -131,14 +132,14 @@ class Ledger:
         """Keep a screened trial's subset scores and the verdict on them."""
         record_screening(trial, scores, verdict)
 
-    def drop(self, trial: optuna.Trial, forward_tokens: int) -> None:
-        """A trial screening dropped: it cost the subset's examples, and the sampler is told it was pruned."""
-        record_cost(trial, self.screening.screened_examples, forward_tokens)
+    def drop(self, trial: optuna.Trial, screened: CandidateResult) -> None:
+        """A trial screening dropped: it cost its stages' examples, and the sampler is told it was pruned."""
+        self.charge_screening(trial, screened)
         self.study.tell(trial, state=TrialState.PRUNED)
 
-    def charge_screening(self, trial: optuna.Trial, forward_tokens: int) -> None:
-        """A promoted trial whose second stage failed still cost its screening stage."""
-        record_cost(trial, self.screening.screened_examples, forward_tokens)
+    def charge_screening(self, trial: optuna.Trial, screened: CandidateResult) -> None:
+        """What a trial's screening stages cost (a promoted trial whose next stage failed paid them too)."""
+        record_cost(trial, screened.examples_scored, screened.costs.forward_tokens)
 
     def record_side_baseline(self, side_queue: optuna.Study, claim: int, label: str, recipe: MergeRecipe,
                              result: CandidateResult) -> None:

@@ -27,15 +27,15 @@ from recycler.recipes import MergeRecipe, layer_count
 from recycler.records import (
     queue_baseline,
     queue_side_baseline,
-    record_screening_subset,
+    record_screening_stages,
     record_study_binding,
-    screening_subset,
+    screening_stages,
     side_baseline_queue,
     side_baselines,
     study_binding,
 )
 from recycler.results import TaskExamples
-from recycler.screening import Screening, choose_subset
+from recycler.screening import Screening, choose_stages
 from recycler.space import SearchSpace, load_space
 from recycler.spec import PoolSpec
 from recycler.study import StudyInfo, bind_folder, storage_for
@@ -150,15 +150,19 @@ def _check_screenable(suite: Suite, tasks: dict[str, Any]) -> None:
 
 
 def _screening(spec: PoolSpec, suite: Suite, tasks: dict[str, Any], texts: dict[str, list[Any]], study: optuna.Study) -> Screening:
-    """The study's screening; its subset is drawn once and kept on the study, so every candidate,
+    """The study's screening; its subsets are drawn once and kept on the study, so every candidate,
     before and after a resume, is screened on the same examples."""
     fidelity = spec.search.fidelity
-    subset = screening_subset(study)
-    if subset is None:
-        subset = choose_subset(texts, fidelity.screen_fraction, fidelity.seed)
-        record_screening_subset(study, subset)
+    stages = screening_stages(study)
+    if stages is None:
+        stages = choose_stages(texts, fidelity.stages, fidelity.seed)
+        record_screening_stages(study, stages)
+    elif len(stages) != len(fidelity.stages):
+        raise RecyclerError(f"search.fidelity.screen_fraction: this study screens in {len(stages)} stage(s), not "
+                            f"{len(fidelity.stages)}; its subsets are fixed for the study: keep the schedule or start a new study")
     mean_tasks = frozenset(t.task for t in suite.tasks if suite.mean_aggregated(tasks[t.task], t))
-    return Screening(subset, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks)
+    return Screening(stages, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks,
+                     fidelity.member_credit, fidelity.history_after)
 
 
 def _check_shared_study(info: StudyInfo) -> None:

@@ -10,7 +10,7 @@ the study folder, not attributes (recycler/examples.py).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, NotRequired
 
 import optuna
@@ -38,10 +38,12 @@ _EXAMPLES_SCORED = "examples_scored"  # the trial's cost: examples run through t
 _FORWARD_TOKENS = "forward_tokens"  # and the token positions its forward passes ran, all stages
 _SCREENING = "screening"  # a screened trial: its subset scores, whether it was finished, and why not
 _SUBSET_SCORES = "subset_scores"  # a fully evaluated trial of a screening study: its per-example scores on the subset
+_STANDARD_ERRORS = "standard_errors"  # and the standard error of each objective's full score
 _BEATING = "beating"  # its driver has begun beating a heartbeat for it (recycler/coordination.py)
 # Keys of study user attributes.
 _SIDE_BASELINE = "baseline:"  # + label: a baseline the space cannot express, scored beside the trials
-_SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task
+_SCREENING_SUBSET = "screening_subset"  # the examples every candidate is screened on, by task (studies of one stage)
+_SCREENING_STAGES = "screening_stages"  # the nested subsets every candidate is screened on, stage by stage
 _BINDING = "recycler_binding"  # what the study searches: pool fingerprint, objectives, space
 _STUDY = "recycler_study"  # the whole study description (study.json), so a reader needs only the database
 # Key of a trial user attribute in a study's companion queue of side baselines (recycler/coordination.py).
@@ -51,13 +53,16 @@ _CLAIMS_LABEL = "side_baseline"  # the label of the side baseline this claim sco
 @dataclass(frozen=True)
 class ScreeningRecord:
     """What screening saw of a trial: its subset's scores and whether it was finished; a dropped
-    trial also keeps the front member that dominated it and its optimistic scores against that
-    member (None where an objective is not bounded)."""
+    trial also keeps the stage that dropped it, the front member that dominated it and its
+    optimistic scores against that member (None where an objective is not bounded), and the
+    objectives whose bound the study's history gave."""
 
     scores: dict[str, float]
     finished: bool
     dominated_by: int | None = None
     optimistic: list[float | None] | None = None
+    stage: int = 0
+    by_history: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class StoredTrial:
     forward_tokens: int | None  # None in studies from before tokens were counted
     screening: ScreeningRecord | None  # a screened trial's
     subset_scores: dict[str, list[float]] | None  # per objective, on the screening subset (fully evaluated trials)
+    standard_errors: list[float] | None  # of each objective's full score (fully evaluated trials of screening studies)
 
     @property
     def screened_out(self) -> bool:
@@ -112,6 +118,7 @@ class StoredTrial:
             forward_tokens=attrs.get(_FORWARD_TOKENS),
             screening=ScreeningRecord(**attrs[_SCREENING]) if _SCREENING in attrs else None,
             subset_scores=attrs.get(_SUBSET_SCORES),
+            standard_errors=attrs.get(_STANDARD_ERRORS),
         )
 
     @property
@@ -167,12 +174,15 @@ def record_cost(trial: optuna.Trial, examples: int, forward_tokens: int) -> None
 def record_screening(trial: optuna.Trial, scores: dict[str, float], verdict: Verdict) -> None:
     """What screening saw, as a ScreeningRecord."""
     bounded = None if verdict.optimistic is None else [v if math.isfinite(v) else None for v in verdict.optimistic]
-    trial.set_user_attr(_SCREENING, asdict(ScreeningRecord(scores, verdict.finish, verdict.dominated_by, bounded)))
+    record = ScreeningRecord(scores, verdict.finish, verdict.dominated_by, bounded, verdict.stage, list(verdict.by_history))
+    trial.set_user_attr(_SCREENING, asdict(record))
 
 
-def record_subset_scores(trial: optuna.Trial, scores: dict[str, list[float]]) -> None:
-    """A fully evaluated trial's scores on the screening subset, which later candidates are paired with."""
+def record_subset_scores(trial: optuna.Trial, scores: dict[str, list[float]], standard_errors: list[float]) -> None:
+    """A fully evaluated trial's scores on the screening subset, which later candidates are paired
+    with, and its full scores' standard errors, which credit it as a front member."""
     trial.set_user_attr(_SUBSET_SCORES, scores)
+    trial.set_user_attr(_STANDARD_ERRORS, standard_errors)
 
 
 def study_binding(study: optuna.Study) -> dict[str, Any] | None:
@@ -193,12 +203,17 @@ def study_description(user_attrs: dict[str, Any]) -> dict[str, Any] | None:
     return user_attrs.get(_STUDY)
 
 
-def screening_subset(study: optuna.Study) -> dict[str, list[int]] | None:
-    return study.user_attrs.get(_SCREENING_SUBSET)
+def screening_stages(study: optuna.Study) -> list[dict[str, list[int]]] | None:
+    """The study's nested screening subsets, smallest first (a study of one stage from before
+    stages kept its subset alone)."""
+    if _SCREENING_STAGES in study.user_attrs:
+        return study.user_attrs[_SCREENING_STAGES]
+    subset = study.user_attrs.get(_SCREENING_SUBSET)
+    return None if subset is None else [subset]
 
 
-def record_screening_subset(study: optuna.Study, subset: dict[str, list[int]]) -> None:
-    study.set_user_attr(_SCREENING_SUBSET, subset)
+def record_screening_stages(study: optuna.Study, stages: list[dict[str, list[int]]]) -> None:
+    study.set_user_attr(_SCREENING_STAGES, stages)
 
 
 def record_error(trial: optuna.Trial, error: str) -> None:

@@ -29,14 +29,17 @@ class TaskExamples:
         return dict(zip(self.indices if self.indices is not None else range(len(self.scores)), self.scores))
 
     def then(self, other: TaskExamples) -> TaskExamples:
-        """Two stages' examples (each with its indices) as one result over all of them, in example order."""
+        """Two stages' examples as one result over all of them, in example order; it keeps their
+        indices unless they are every example from the first on (a screening stage's then a full
+        evaluation's, or the start of a task's)."""
         rows = sorted(
             (index, stage.scores[k], stage.answers[k] if stage.answers is not None else None)
             for stage in (self, other)
-            for k, index in enumerate(stage.indices)
+            for k, index in enumerate(stage.indices if stage.indices is not None else range(len(stage.scores)))
         )
         answers = [answer for _, _, answer in rows] if self.answers is not None else None
-        return TaskExamples([score for _, score, _ in rows], answers)
+        indices = [index for index, _, _ in rows]
+        return TaskExamples([score for _, score, _ in rows], answers, None if indices == list(range(len(rows))) else indices)
 
     @staticmethod
     def joined(parts: list[TaskExamples]) -> TaskExamples:
@@ -100,8 +103,8 @@ class CandidateResult:
         return sum(len(task.scores) for task in self.examples.values())
 
     def then(self, rest: CandidateResult, score: Callable[[dict[str, TaskExamples]], dict[str, float]]) -> CandidateResult:
-        """This screening stage and the stage that scored the rest as one full result, each task's
-        score put together by `score` from all its examples; the later stage's error, if it failed."""
+        """This screening stage and the next as one result (after the last stage: a full one), each
+        task's score put together by `score` from all their examples; the later stage's error, if it failed."""
         if rest.error is not None:
             return rest
         examples = {task: part.then(rest.examples[task]) for task, part in self.examples.items()}

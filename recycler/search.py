@@ -34,7 +34,7 @@ from recycler.ledger import Ledger, finished_trials, running_trials
 from recycler.preparation import PreparedStudy, prepare_study
 from recycler.progress import TrialsBar
 from recycler.recipes import MergeRecipe
-from recycler.records import StoredTrial, record_candidate
+from recycler.records import StoredTrial, record_candidate, stored_trials
 from recycler.results import CandidateResult
 from recycler.screening import FrontMember, Screening
 from recycler.spec import PoolSpec
@@ -63,15 +63,18 @@ class FullEvaluation(_TrialWork):
 
 @dataclass(frozen=True)
 class ScreeningStage(_TrialWork):
-    """A trial scored on the screening subset first; screening decides whether it is finished."""
+    """A trial scored on a screening stage's examples; screening then decides whether it goes on."""
+
+    stage: int = 0
+    screened: CandidateResult | None = None  # the earlier stages' results, put together
 
     def examples(self, screening: Screening | None) -> Selection | None:
-        return screening.subset
+        return screening.stage_examples(self.stage)
 
 
 @dataclass(frozen=True)
 class Completion(_TrialWork):
-    """A trial screening promoted: the examples its screening stage left, put together with that stage's."""
+    """A trial screening promoted: the examples its screening stages left, put together with theirs."""
 
     screened: CandidateResult
 
@@ -168,8 +171,8 @@ class _Loop:
                 self._record(finished)
 
     def _next_waiting(self) -> Job:
-        """Promoted trials first (their screening stage is already paid for), then baselines to score again."""
-        index = next((i for i, job in enumerate(self.waiting) if isinstance(job, Completion)), 0)
+        """Promoted trials first (their screening stages are already paid for), then baselines to score again."""
+        index = next((i for i, job in enumerate(self.waiting) if not isinstance(job, SideBaselineJob)), 0)
         return self.waiting.pop(index)
 
     def _done(self) -> bool:
@@ -227,8 +230,8 @@ class _Loop:
         """Store a trial's outcome; True if it goes on to another stage."""
         result = finished.result
         if finished.failed:
-            if isinstance(job, Completion):  # its screening examples were scored; those of the failed stage are unknown
-                self.ledger.charge_screening(job.trial, job.screened.costs.forward_tokens)
+            if isinstance(job, (ScreeningStage, Completion)) and job.screened is not None:  # the failed stage's cost is unknown
+                self.ledger.charge_screening(job.trial, job.screened)
             self._fail(job, result.error, died=finished.died)
             return False
         if isinstance(job, ScreeningStage):
@@ -242,22 +245,30 @@ class _Loop:
         return False
 
     def _screened(self, job: ScreeningStage, result: CandidateResult) -> bool:
-        """Finish a screened trial if it can still reach the front of fully evaluated trials, else
-        drop it (told to the sampler as pruned) with its subset's scores; True if it goes on."""
+        """Take a screened trial to its next stage (or the rest of its examples) if it can still
+        reach the front of fully evaluated trials, else drop it (told to the sampler as pruned)
+        with its stages' scores; True if it goes on."""
         prepared = self.prepared
         if result.bad is not None:
             self.progress.trial_finished(self.ledger.record(job.trial, result))
             return False
+        if job.screened is not None:
+            result = job.screened.then(result, prepared.full_scores)
         info, screening = prepared.info, prepared.screening
-        front = [FrontMember(t.number, t.values, t.subset_scores) for t in map(StoredTrial.of, prepared.study.best_trials)
-                 if t.subset_scores is not None]  # (older trials did not keep theirs: never compared)
-        verdict = screening.verdict(screening.on_subset(result.examples, info.objectives), front, info.objectives,
-                                    info.directions)
+        history = [FrontMember(t.number, t.values, t.subset_scores, t.standard_errors)
+                   for t in stored_trials(prepared.study, complete_only=True)
+                   if t.subset_scores is not None]  # (older trials did not keep theirs: never compared)
+        best = {t.number for t in prepared.study.best_trials}
+        front = [member for member in history if member.number in best]
+        candidate = screening.on_subset(result.examples, info.objectives, job.stage)
+        verdict = screening.verdict(candidate, front, info.objectives, info.directions, job.stage, history)
         self.ledger.screened(job.trial, result.scores, verdict)
         if verdict.finish:
-            self.waiting.append(Completion(job.trial, job.recipe, result))
+            last = job.stage == len(screening.stages) - 1
+            self.waiting.append(Completion(job.trial, job.recipe, result) if last
+                                else ScreeningStage(job.trial, job.recipe, job.stage + 1, result))
             return True
-        self.ledger.drop(job.trial, result.costs.forward_tokens)
+        self.ledger.drop(job.trial, result)
         self.progress.trial_finished(None)
         return False
 

@@ -40,12 +40,33 @@ class CheckpointRef(StrictModel):
 
 
 class Fidelity(StrictModel):
-    """Screening: each candidate is scored on a fixed subset of every task's examples first, and
-    finished only if it can still reach the front."""
+    """Screening: each candidate is scored on a fixed subset of every task's examples first (or on
+    nested subsets, stage by stage), and finished only if it can still reach the front."""
 
-    screen_fraction: float = Field(gt=0, lt=1, description="share of each task's examples scored first")
+    screen_fraction: float | list[float] = Field(
+        description="share of each task's examples scored first; a rising list (0.1, 0.3): stages, each adding examples")
     confidence: float = Field(default=0.95, gt=0.5, lt=1, description="one-sided confidence of the optimistic bound")
+    member_credit: float = Field(
+        default=1.0, ge=0, description="standard errors of its own full scores credited to each front member: a "
+                                       "candidate that could beat it only by less is a tie, and dropped (0: exact dominance)")
+    history_after: int | None = Field(
+        default=20, ge=5, description="fully scored trials after which the study's history also estimates full scores "
+                                      "from the subset; null: never")
     seed: int = Field(default=0, description="draws the subset")
+
+    @field_validator("screen_fraction")
+    @classmethod
+    def _rising_shares(cls, value: float | list[float]) -> float | list[float]:
+        shares = value if isinstance(value, list) else [value]
+        if not shares or any(not 0 < share < 1 for share in shares):
+            raise ValueError("each share must lie strictly between 0 and 1")
+        if any(later <= earlier for earlier, later in zip(shares, shares[1:])):
+            raise ValueError(f"stages must rise: {shares}")
+        return value
+
+    @property
+    def stages(self) -> list[float]:
+        return self.screen_fraction if isinstance(self.screen_fraction, list) else [self.screen_fraction]
 
 
 class SearchConfig(StrictModel):

@@ -50,6 +50,8 @@ def test_defaults():
         ({"checkpoints": [{"name": "a"}, {"name": "b", "path": "b"}]}, "checkpoints.0.path: Field required"),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"search": {"trials": 0}}, "search.trials: Input should be greater than 0"),
+        ({"search": {"fidelity": {"screen_fraction": [0.3, 0.1]}}}, "search.fidelity.screen_fraction: stages must rise: [0.3, 0.1]"),
+        ({"search": {"fidelity": {"screen_fraction": [0.1, 1.0]}}}, "search.fidelity.screen_fraction: each share must lie strictly between 0 and 1"),
         ({"resources": {"workers": -1}}, "resources.workers: Input should be greater than 0"),
         ({"checkpoints": [{"name": "a b", "path": "a"}, {"name": "b", "path": "b"}]}, "checkpoints.0.name: String should match pattern"),
         # an inline suite's errors are its own, never the reference branch's "should be a valid string"
