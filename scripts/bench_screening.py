@@ -301,15 +301,15 @@ def replay_rules(folder: Path, fraction: float, confidence: float, seed: int, ke
     members' full scores). A drop is wrong if the candidate is on the study's final front. `keep`:
     the study's objectives (by position) the replay looks at, as if the search had only those."""
     from recycler.examples import read_prompts, read_results
-    from recycler.screening import FrontMember, Screening, choose_subset
+    from recycler.screening import FrontMember, Screening, choose_stages
 
     study, info = load_study(folder)
     keep = keep or tuple(range(len(info.objectives)))
     objectives, dirs = [info.objectives[k] for k in keep], [info.directions[k] for k in keep]
     texts = read_prompts(folder)
-    subset = choose_subset(texts, fraction, seed)
+    (subset,) = choose_stages(texts, [fraction], seed)
     totals = {task: len(v) for task, v in texts.items()}
-    screening = Screening(subset, totals, confidence, frozenset(objectives))
+    screening = Screening([subset], totals, confidence, frozenset(objectives))  # the rule of issue 18: no credit, no history
     z = statistics.NormalDist().inv_cdf(confidence)
     trials = [replace(t, values=[t.values[k] for k in keep])
               for t in sorted(stored_trials(study, complete_only=True), key=lambda t: t.number)]
@@ -426,7 +426,7 @@ def main() -> None:
                 full = entry["full"]
                 budget = full["examples"][-1]
                 folder = args.root / f"{name}-s{seed}"
-                fidelity = Fidelity(screen_fraction=fraction, confidence=confidence, seed=seed)
+                fidelity = Fidelity(screen_fraction=fraction, confidence=confidence, seed=seed, member_credit=0, history_after=None)
                 seconds = run_study(spec, folder, args.max_trials, seed, args.workers, fidelity,
                                     stop_at_examples=int(budget * args.budget_factor), sampler=sampler)
                 c = curve(folder)

@@ -106,6 +106,9 @@ def test_two_stages_merge_into_example_order():
     first = TaskExamples([1.0, 0.0], ["a", "b"], [1, 3])
     second = TaskExamples([0.5, 0.25, 0.75], ["c", "d", "e"], [0, 2, 4])
     assert first.then(second) == TaskExamples([0.5, 1.0, 0.25, 0.0, 0.75], ["c", "a", "d", "b", "e"])
+    third = TaskExamples([0.5], ["f"], [6])  # two stages that are not yet every example keep their indices
+    assert first.then(third) == TaskExamples([1.0, 0.0, 0.5], ["a", "b", "f"], [1, 3, 6])
+    assert first.then(third).then(second).indices == [0, 1, 2, 3, 4, 6]
 
 
 def full_scores(spec, trial):
