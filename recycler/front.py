@@ -42,10 +42,11 @@ def hypervolume_history(study: optuna.Study, info: StudyInfo) -> list[tuple[int,
 
 
 def _entry(trial: int | None, label: str | None, recipe: dict[str, Any], scores: dict[str, float], on_front: bool,
-           screened_out: bool = False, dominated_by: int | None = None) -> FrontEntry:
+           screened_out: bool = False, dominated_by: int | None = None, dropped_at_stage: int | None = None) -> FrontEntry:
     merge = recipe_from_json(recipe)
     return FrontEntry(trial=trial, baseline=label is not None, baseline_name=label, on_front=on_front,
-                      screened_out=screened_out, dominated_by=dominated_by, beaten_by_front=None, method=merge.method,
+                      screened_out=screened_out, dominated_by=dominated_by, dropped_at_stage=dropped_at_stage,
+                      beaten_by_front=None, method=merge.method,
                       settings=merge.describe(), weights=merge.checkpoint_weights(), scores=scores, recipe=recipe)
 
 
@@ -53,14 +54,15 @@ def front_records(study: optuna.Study, info: StudyInfo, *, include_all: bool = F
     """The Pareto front (Optuna's own `best_trials`), every baseline trial in trial order, then the
     baselines scored beside the search (trial None). A baseline's `beaten_by_front` says whether a
     front member dominates it. `include_all` adds every completed trial, and the trials dropped at
-    screening with their subset's scores (`screened_out`) and the trial that dominated them."""
+    screening with their subset's scores (`screened_out`), the trial that dominated them and the stage."""
     front = study.best_trials
     numbers = {t.number for t in front}
     trials = stored_trials(study)
     keep = [t for t in trials if t.complete and (include_all or t.number in numbers or t.baseline is not None)]
     keep += [t for t in trials if include_all and t.screened_out]
     records = [_entry(t.number, t.baseline, t.recipe, t.scores if t.complete else t.screening.scores, t.number in numbers,
-                      screened_out=t.screened_out, dominated_by=t.screening.dominated_by if t.screened_out else None)
+                      screened_out=t.screened_out, dominated_by=t.screening.dominated_by if t.screened_out else None,
+                      dropped_at_stage=t.screening.stage + 1 if t.screened_out else None)
                for t in sorted(keep, key=lambda t: t.number)]
     records += [_entry(None, b.label, b.recipe, b.scores, False) for b in side_baselines(study).values() if b.scores is not None]
     for r in records:

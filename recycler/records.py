@@ -308,6 +308,7 @@ class FrontEntry(TypedDict):
     on_front: bool
     screened_out: Annotated[bool, Field(description="dropped at screening: `scores` are its subset's, never on the front")]
     dominated_by: Annotated[int | None, Field(description="dropped at screening: the fully evaluated trial that dominated its optimistic scores")]
+    dropped_at_stage: Annotated[int | None, Field(description="dropped at screening: the stage whose verdict dropped it (1: the first subset)")]
     beaten_by_front: Annotated[bool | None, Field(description="baselines: whether a front member dominates it")]
     method: str
     settings: dict[str, Any]

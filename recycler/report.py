@@ -41,7 +41,7 @@ def _hover(r: dict) -> str:
     scores = ", ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
     where = f"trial {r['trial']}" if r["trial"] is not None else "scored beside the search"
     if r.get("dominated_by") is not None:
-        where += f" (dropped at screening: trial {r['dominated_by']} dominated it)"
+        where += f" (dropped at screening stage {r['dropped_at_stage']}: trial {r['dominated_by']} dominated it)"
     return f"{where} {r['baseline_name'] or ''} ({r['method']}{', ' + settings if settings else ''})<br>{weights}<br>{scores}"
 
 

@@ -162,6 +162,7 @@ def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, sea
         assert shown[trial.number]["screened_out"] and not shown[trial.number]["on_front"]
         assert shown[trial.number]["scores"] == trial.screening.scores
         assert shown[trial.number]["dominated_by"] == trial.screening.dominated_by
+        assert shown[trial.number]["dropped_at_stage"] == 1  # one stage
         with pytest.raises(RecyclerError, match=f"trial {trial.number} did not complete \\(pruned\\)"):
             export_trial(folder, trial.number, tmp_path / "export")
     assert all(r["trial"] not in {t.number for t in dropped} for r in front_records(study, info))
