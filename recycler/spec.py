@@ -47,8 +47,9 @@ class Fidelity(StrictModel):
         description="share of each task's examples scored first; a rising list (0.1, 0.3): stages, each adding examples")
     confidence: float = Field(default=0.95, gt=0.5, lt=1, description="one-sided confidence of the optimistic bound")
     member_credit: float = Field(
-        default=1.0, ge=0, description="standard errors of its own full scores credited to each front member: a "
-                                       "candidate that could beat it only by less is a tie, and dropped (0: exact dominance)")
+        default=0.0, ge=0, description="standard errors of its own full scores credited to each front member: a "
+                                       "candidate that could beat it only by less is a tie, and dropped (0: exact "
+                                       "dominance; BENCHMARKS.md section 8 measured 1 dropping front members on 100-example tasks)")
     history_after: int | None = Field(
         default=20, ge=5, description="fully scored trials after which the study's history also estimates full scores "
                                       "from the subset; null: never")

@@ -68,7 +68,8 @@ RULES = {
     "stages": Rule([0.1, 0.3], 0.9, 1.0, None),
     "history": Rule([0.2], 0.9, 1.0, 20),
     "stages+history": Rule([0.1, 0.3], 0.9, 1.0, 20),
-    "default": Rule([0.1, 0.3], 0.95, 1.0, 20),  # search.fidelity's defaults with the schedule 0.1, 0.3
+    "credited": Rule([0.1, 0.3], 0.95, 1.0, 20),
+    "default": Rule([0.1, 0.3], 0.95, 0.0, 20),  # search.fidelity's defaults with the schedule 0.1, 0.3
 }
 
 

@@ -134,7 +134,7 @@ def test_promoted_trials_score_exactly_what_full_evaluation_gives(tmp_path, sear
 
 
 def test_screened_out_trials_stay_off_the_front_and_out_of_exports(tmp_path, search_spec):
-    spec = search_spec(trials=16, fidelity={"screen_fraction": 0.25, "confidence": 0.55, "seed": 2})
+    spec = search_spec(trials=16, fidelity={"screen_fraction": 0.25, "confidence": 0.55, "seed": 2, "member_credit": 1.0})
     spec = spec.model_copy(update={"objectives": ["pick"]})  # sums is 0 for every random merge: nothing to drop on
     folder = tmp_path / "study"
     study = run_search(spec, folder, progress=False, in_process=True)
