@@ -124,11 +124,6 @@ class Screening:
         before = self.stages[stage - 1]
         return {task: sorted(set(indices) - set(before[task])) for task, indices in self.stages[stage].items()}
 
-    @property
-    def examples(self) -> int:
-        """Examples a full evaluation scores."""
-        return sum(self.totals.values())
-
     def on_subset(self, examples: Mapping[str, TaskExamples], objectives: list[str], stage: int = -1) -> dict[str, list[float]]:
         """Each objective's per-example scores on a stage's subset (default: the largest), in subset
         order, from a stage's results (with their indices) or a full evaluation's (every example)."""
