@@ -144,12 +144,14 @@ class Screening:
         return [member.subset_scores[task][position[i]] for i in self.stages[stage][task]]
 
     def estimators(self, history: list[FrontMember], objectives: list[str], stage: int) -> dict[str, SubsetEstimator]:
-        """Per mean objective, the study's history fitted at this stage; none before `history_after` trials."""
+        """Per mean objective, the study's history fitted at this stage; none before `history_after`
+        trials, and none for a task the history never varied on (an error of 0 would claim to know
+        a candidate that differs from every trial so far)."""
         if self.history_after is None or len(history) < self.history_after:
             return {}
-        return {task: fit_estimator([self._member_on_stage(t, task, stage) for t in history],
-                                    [t.values[k] for t in history])
-                for k, task in enumerate(objectives) if task in self.mean_tasks}
+        fitted = {task: fit_estimator([self._member_on_stage(t, task, stage) for t in history], [t.values[k] for t in history])
+                  for k, task in enumerate(objectives) if task in self.mean_tasks}
+        return {task: estimator for task, estimator in fitted.items() if estimator.error > 0}
 
     def optimistic(self, candidate: Mapping[str, list[float]], member: FrontMember, objectives: list[str],
                    directions: list[str], stage: int = -1,

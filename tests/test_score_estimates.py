@@ -72,3 +72,14 @@ def test_the_history_bounds_a_candidate_where_its_interval_is_the_tighter():
 def test_a_history_too_short_to_leave_one_out_is_refused():
     with pytest.raises(ValueError, match="at least 3 trials"):
         fit_estimator([[1.0], [0.0]], [0.5, 0.4])
+
+
+def test_a_task_the_history_never_varied_on_is_left_to_the_paired_bound():
+    """Every trial so far scored 0 on every example: the first candidate to get some right must not
+    be estimated at 0 with no error."""
+    screening = Screening([{"t": list(range(10))}], {"t": 100}, 0.9, frozenset({"t"}), history_after=20)
+    past = [FrontMember(n, [0.0], {"t": [0.0] * 10}) for n in range(25)]
+    assert fit_estimator([p.subset_scores["t"] for p in past], [0.0] * 25).error == 0
+    assert screening.estimators(past, ["t"], stage=0) == {}
+    learner = {"t": [1.0] * 5 + [0.0] * 5}
+    assert screening.verdict(learner, past[:1], ["t"], ["maximize"], history=past).finish
