@@ -153,13 +153,16 @@ def _screening(spec: PoolSpec, suite: Suite, tasks: dict[str, Any], texts: dict[
     """The study's screening; its subsets are drawn once and kept on the study, so every candidate,
     before and after a resume, is screened on the same examples."""
     fidelity = spec.search.fidelity
-    stages = screening_stages(study)
+    stages, drawn = screening_stages(study), choose_stages(texts, fidelity.stages, fidelity.seed)
     if stages is None:
-        stages = choose_stages(texts, fidelity.stages, fidelity.seed)
+        stages = drawn
         record_screening_stages(study, stages)
     elif len(stages) != len(fidelity.stages):
         raise RecyclerError(f"search.fidelity.screen_fraction: this study screens in {len(stages)} stage(s), not "
                             f"{len(fidelity.stages)}; its subsets are fixed for the study: keep the schedule or start a new study")
+    elif stages != drawn:
+        raise RecyclerError("search.fidelity: this study's screening subsets were drawn with another screen_fraction or "
+                            "seed; they are fixed for the study: keep those or start a new study")
     mean_tasks = frozenset(t.task for t in suite.tasks if suite.mean_aggregated(tasks[t.task], t))
     return Screening(stages, {task: len(examples) for task, examples in texts.items()}, fidelity.confidence, mean_tasks,
                      fidelity.member_credit, fidelity.history_after)

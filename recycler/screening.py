@@ -85,6 +85,12 @@ class FrontMember:
     standard_errors: list[float] | None = None  # of each full score (None: kept before they were; no credit)
 
 
+def credited(member: FrontMember, directions: list[str], credit: float) -> list[float]:
+    """The member's full scores moved `credit` standard errors its way."""
+    errors = member.standard_errors or [0.0] * len(member.values)
+    return [v + (1 if d == "maximize" else -1) * credit * e for v, d, e in zip(member.values, directions, errors)]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Screening's decision on a candidate at one stage."""
@@ -175,12 +181,6 @@ class Screening:
             bounds.append(center + sign * half)
         return bounds, tuple(by_history)
 
-    def credited(self, member: FrontMember, directions: list[str]) -> list[float]:
-        """The member's full scores moved `member_credit` standard errors its way."""
-        errors = member.standard_errors or [0.0] * len(member.values)
-        return [v + (1 if d == "maximize" else -1) * self.member_credit * e
-                for v, d, e in zip(member.values, directions, errors)]
-
     def verdict(self, candidate: Mapping[str, list[float]], front: list[FrontMember], objectives: list[str],
                 directions: list[str], stage: int = -1, history: list[FrontMember] | None = None) -> Verdict:
         """Drop the candidate if a front member, credited its noise, dominates its optimistic scores
@@ -189,6 +189,6 @@ class Screening:
         number = stage % len(self.stages)
         for member in front:
             optimistic, by_history = self.optimistic(candidate, member, objectives, directions, stage, estimators)
-            if dominates(self.credited(member, directions), optimistic, directions):
+            if dominates(credited(member, directions, self.member_credit), optimistic, directions):
                 return Verdict(False, number, member.number, optimistic, by_history)
         return Verdict(True, number)

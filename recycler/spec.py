@@ -39,6 +39,9 @@ class CheckpointRef(StrictModel):
         return resolve_path(value, info)
 
 
+MAX_STAGES = 8  # a schedule is a few stages; each is stored on the study, with its examples
+
+
 class Fidelity(StrictModel):
     """Screening: each candidate is scored on a fixed subset of every task's examples first (or on
     nested subsets, stage by stage), and finished only if it can still reach the front."""
@@ -59,6 +62,8 @@ class Fidelity(StrictModel):
     @classmethod
     def _rising_shares(cls, value: float | list[float]) -> float | list[float]:
         shares = value if isinstance(value, list) else [value]
+        if len(shares) > MAX_STAGES:
+            raise ValueError(f"at most {MAX_STAGES} stages, got {len(shares)}")
         if not shares or any(not 0 < share < 1 for share in shares):
             raise ValueError("each share must lie strictly between 0 and 1")
         if any(later <= earlier for earlier, later in zip(shares, shares[1:])):

@@ -40,7 +40,7 @@ from recycler.files import write_text_atomic
 from recycler.front import reference_point
 from recycler.pareto import FrontTracker, dominates, hypervolume
 from recycler.records import stored_trials
-from recycler.screening import FrontMember, Screening, choose_stages
+from recycler.screening import FrontMember, Screening, choose_stages, credited
 from recycler.spec import Fidelity, load_spec
 from recycler.study import load_study
 
@@ -77,16 +77,10 @@ def front_of(values: list[list[float]], directions: list[str]) -> list[list[floa
     return [v for v in values if not any(dominates(o, v, directions) for o in values)]
 
 
-def credited_once(member: FrontMember, directions: list[str]) -> list[float]:
-    """A trial's full scores moved one standard error its way."""
-    errors = member.standard_errors or [0.0] * len(member.values)
-    return [v + (e if d == "maximize" else -e) for v, e, d in zip(member.values, errors, directions)]
-
-
 def within_noise(candidate: list[float], kept: list[FrontMember], directions: list[str]) -> bool:
     """Whether some kept trial, credited one standard error, is at least as good on every objective:
     a candidate that is not lies more than one standard error beyond every kept trial somewhere."""
-    return any(all((c >= v) if d == "maximize" else (c <= v) for c, v, d in zip(credited_once(k, directions), candidate, directions))
+    return any(all((c >= v) if d == "maximize" else (c <= v) for c, v, d in zip(credited(k, directions, 1.0), candidate, directions))
                for k in kept)
 
 
@@ -139,7 +133,7 @@ def replay(folder: Path, rule: Rule, seed: int) -> dict:
             dominated += exactly
             paths["oracle_dominance"].step(0 if exactly else full_cost, None if exactly else t.values)
             oracle_front = [m for m in oracle_kept if not any(dominates(o.values, m.values, directions) for o in oracle_kept)]
-            if any(dominates(credited_once(m, directions), t.values, directions) for m in oracle_front):
+            if any(dominates(credited(m, directions, 1.0), t.values, directions) for m in oracle_front):
                 within += 1
                 paths["oracle_within_1_se"].step(0, None)
             else:

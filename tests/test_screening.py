@@ -15,7 +15,7 @@ from recycler.recipes import recipe_from_json
 from recycler.records import stored_trials
 from recycler.report import write_report
 from recycler.results import TaskExamples
-from recycler.screening import FrontMember, Screening, choose_stages, complement, standard_error
+from recycler.screening import FrontMember, Screening, choose_stages, complement, credited, standard_error
 from recycler.ledger import examples_spent, finished_trials
 from recycler.search import run_search
 from recycler.study import load_study
@@ -57,13 +57,13 @@ def test_a_front_member_credited_its_standard_error_drops_a_candidate_within_it(
     assert member.standard_errors[0] == pytest.approx(math.sqrt(0.6 * 0.4 / 100))
     candidate = {"t": [0.0] * 4 + member_examples[4:60] + [1.0] * 3 + member_examples[63:]}
     exact = Screening([{"t": list(range(100))}], {"t": 500}, 0.9, frozenset({"t"}))
-    credited = Screening([{"t": list(range(100))}], {"t": 500}, 0.9, frozenset({"t"}), member_credit=1.0)
+    noise_aware = Screening([{"t": list(range(100))}], {"t": 500}, 0.9, frozenset({"t"}), member_credit=1.0)
     assert exact.verdict(candidate, [member], ["t"], ["maximize"]).finish
-    verdict = credited.verdict(candidate, [member], ["t"], ["maximize"])
+    verdict = noise_aware.verdict(candidate, [member], ["t"], ["maximize"])
     assert not verdict.finish and verdict.dominated_by == 3
     assert 0.6 < verdict.optimistic[0] < 0.6 + member.standard_errors[0]
-    assert credited.verdict(candidate, [FrontMember(3, [0.6], {"t": member_examples})], ["t"], ["maximize"]).finish  # no error kept: no credit
-    assert credited.credited(member, ["minimize"]) == [pytest.approx(0.6 - member.standard_errors[0])]
+    assert noise_aware.verdict(candidate, [FrontMember(3, [0.6], {"t": member_examples})], ["t"], ["maximize"]).finish  # no error kept: no credit
+    assert credited(member, ["minimize"], 1.0) == [pytest.approx(0.6 - member.standard_errors[0])]
 
 
 def test_a_later_stage_is_judged_on_its_own_larger_subset():
@@ -190,6 +190,11 @@ def test_a_schedule_of_stages_scores_each_example_once_and_finishes_exactly(tmp_
         "trials": 16, "fidelity": spec.search.fidelity.model_copy(update={"screen_fraction": 0.25})})})
     with pytest.raises(RecyclerError, match=r"^search.fidelity.screen_fraction: this study screens in 2 stage\(s\), not 1"):
         run_search(other, folder, progress=False, in_process=True)
+    for change in ({"screen_fraction": [0.2, 0.5]}, {"seed": 1}):  # the same number of stages, drawn otherwise
+        other = spec.model_copy(update={"search": spec.search.model_copy(update={
+            "trials": 16, "fidelity": spec.search.fidelity.model_copy(update=change)})})
+        with pytest.raises(RecyclerError, match="^search.fidelity: this study's screening subsets were drawn with another"):
+            run_search(other, folder, progress=False, in_process=True)
     assert finished_trials(load_study(folder)[0]) == 14  # nothing run
 
 

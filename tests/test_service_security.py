@@ -90,6 +90,12 @@ def test_bad_bodies_get_one_line_errors(client):
     assert response.json() == {"detail": "spec: checkpoints: List should have at least 2 items after validation, not 0"}
     response = client.post("/api/studies", json={"spek": {}}, headers=AUTH)
     assert response.status_code == 422 and response.json()["detail"].startswith("body.spec: ")
+    # a schedule of 99,999 stages fits the body limit; each stage would be stored with its examples
+    stages = {**client.spec["search"], "fidelity": {"screen_fraction": [k / 100_000 for k in range(1, 100_000)]}}
+    response = client.post("/api/studies", json={"spec": {**client.spec, "search": stages}}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json() == {"detail": "spec: search.fidelity.screen_fraction: at most 8 stages, got 99999"}
+    assert client.get("/api/studies", headers=AUTH).json() == []
 
 
 def test_token_is_generated_once_with_0600(tmp_path, monkeypatch):

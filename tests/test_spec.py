@@ -52,6 +52,7 @@ def test_defaults():
         ({"search": {"trials": 0}}, "search.trials: Input should be greater than 0"),
         ({"search": {"fidelity": {"screen_fraction": [0.3, 0.1]}}}, "search.fidelity.screen_fraction: stages must rise: [0.3, 0.1]"),
         ({"search": {"fidelity": {"screen_fraction": [0.1, 1.0]}}}, "search.fidelity.screen_fraction: each share must lie strictly between 0 and 1"),
+        ({"search": {"fidelity": {"screen_fraction": [k / 10 for k in range(1, 10)]}}}, "search.fidelity.screen_fraction: at most 8 stages, got 9"),
         ({"resources": {"workers": -1}}, "resources.workers: Input should be greater than 0"),
         ({"checkpoints": [{"name": "a b", "path": "a"}, {"name": "b", "path": "b"}]}, "checkpoints.0.name: String should match pattern"),
         # an inline suite's errors are its own, never the reference branch's "should be a valid string"
