@@ -46,6 +46,14 @@ def _weighted_sum(out: torch.Tensor, coefficients: torch.Tensor, rows: list[torc
 _compiled_sum: Callable[..., None] | None = None
 _compile_failed = False
 
+# The compiled kernel takes its rows as separate tensors (memory-mapped views of different files), so
+# it is specialized to their number: one variant per count of rows a candidate reads (1 to the pool's
+# rows), plus a few for dtypes. torch.compile's default limit of 8 variants per function would
+# otherwise send every further count to the uncompiled function over whole tensors, with float32
+# copies of the largest tensor that no memory budget counts; past this limit it raises instead, and
+# the merge goes on in eager chunks.
+KERNEL_VARIANTS = 160
+
 
 def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Sequence[torch.Tensor]) -> None:
     """out = Σ coefficients[i] · rows[i], accumulated in the coefficients' dtype (float32, float64 for
@@ -59,9 +67,10 @@ def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Seque
         try:
             if _compiled_sum is None:
                 _compiled_sum = torch.compile(_weighted_sum, dynamic=True)
-            _compiled_sum(out, coefficients, rows)
+            with torch._dynamo.config.patch(recompile_limit=KERNEL_VARIANTS, fail_on_recompile_limit_hit=True):
+                _compiled_sum(out, coefficients, rows)
             return
-        except Exception as error:  # no C++ compiler, no Triton, an unsupported device: same math, eagerly
+        except Exception as error:  # no C++ compiler, no Triton, an unsupported device, past the limit: same math, eagerly
             _compile_failed = True
             warnings.warn(f"recycler: the fused merge kernel is unavailable, merging eagerly ({type(error).__name__})", stacklevel=2)
     for start in range(0, out.numel(), EAGER_CHUNK):

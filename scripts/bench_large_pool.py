@@ -5,8 +5,10 @@ reference timed in the same run:
 - a streamed candidate against the read floor (one torch pass summing zero-copy views of every
   memory-mapped tensor of the pool: the bytes a candidate must read);
 - a streamed candidate against mergekit's `run_merge` of the same linear merge plus `from_pretrained`;
-- a whole search with 2 workers on the pool: peak private memory (USS) per worker and the machine's
-  used memory (total minus available, so the page cache is not counted), sampled twice a second.
+- a whole search with 2 workers on the pool, every baseline included (SLERP too): per worker, peak
+  anonymous memory (what it allocated) and peak USS (that plus the pages of the mapped pool only it
+  touched, which the kernel can reclaim), and the machine's used memory (total minus available, so
+  the page cache is not counted), sampled twice a second.
 
     python scripts/bench_large_pool.py --checkpoints 24 --root /tmp/recycler-large --search --mergekit
 """
@@ -129,21 +131,37 @@ def bench_mergekit(spec_path: Path, repeats: int) -> dict:
     return {"streamed_s": ours, "mergekit_merge_and_load_s": theirs, "speedup": theirs / ours}
 
 
+def anonymous_bytes(pid: int) -> int:
+    """A process's anonymous memory (heap, tensors it allocated): what it holds privately, without
+    the pages of memory-mapped files it touched, which USS counts too but the kernel can reclaim."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Anonymous line in /proc/{pid}/smaps_rollup")
+
+
 def bench_search(spec_path: Path, trials: int) -> dict:
+    from recycler.records import side_baselines
     from recycler.search import run_search
 
-    samples = {"worker_uss_GB": [], "used_GB": []}
+    peaks: dict[int, dict[str, float]] = {}  # per worker process: peak anonymous memory and USS
+    used: list[float] = []
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.5):
-            workers = [p for p in psutil.process_iter(["cmdline"]) if any("ray::MergeWorker" in c for c in (p.info["cmdline"] or []))]
-            try:
-                samples["worker_uss_GB"].append(max((p.memory_full_info().uss for p in workers), default=0) / 1e9)
-            except psutil.Error:
-                continue
+            for process in psutil.process_iter(["cmdline"]):
+                if not any("ray::MergeWorker" in c for c in (process.info["cmdline"] or [])):
+                    continue
+                try:
+                    anonymous, uss = anonymous_bytes(process.pid), process.memory_full_info().uss
+                except (psutil.Error, OSError, RuntimeError):
+                    continue
+                peak = peaks.setdefault(process.pid, {"anonymous_GB": 0.0, "uss_GB": 0.0})
+                peak["anonymous_GB"] = max(peak["anonymous_GB"], anonymous / 1e9)
+                peak["uss_GB"] = max(peak["uss_GB"], uss / 1e9)
             memory = psutil.virtual_memory()
-            samples["used_GB"].append((memory.total - memory.available) / 1e9)
+            used.append((memory.total - memory.available) / 1e9)
 
     spec = load_spec(spec_path)
     spec = spec.model_copy(update={"search": spec.search.model_copy(update={"trials": trials})})
@@ -154,11 +172,15 @@ def bench_search(spec_path: Path, trials: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         study = run_search(spec, Path(folder) / "study", progress=False)
         complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+        side = {label: stored.error is None for label, stored in side_baselines(study).items()}
+        baselines = {"in_search": sum(t.user_attrs.get("baseline") is not None for t in study.trials), "side_scored": side}
     done.set()
     model_gb = pool.model_bytes / 1e9
-    return {"trials": trials, "complete": complete, "seconds": time.perf_counter() - started, "model_GB": model_gb,
-            "peak_worker_uss_GB": max(samples["worker_uss_GB"]), "worker_limit_GB": model_gb + 1.5,
-            "peak_used_GB": max(samples["used_GB"]), "machine_limit_GB": 2 * (model_gb + 1.5) + 2,
+    return {"trials": trials, "complete": complete, "baselines": baselines, "seconds": time.perf_counter() - started,
+            "model_GB": model_gb, "workers": list(peaks.values()),
+            "peak_worker_anonymous_GB": max(p["anonymous_GB"] for p in peaks.values()),
+            "peak_worker_uss_GB": max(p["uss_GB"] for p in peaks.values()), "worker_limit_GB": model_gb + 1.5,
+            "peak_used_GB": max(used), "machine_limit_GB": 2 * (model_gb + 1.5) + 2,
             "machine_total_GB": psutil.virtual_memory().total / 1e9}
 
 

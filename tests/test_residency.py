@@ -3,6 +3,9 @@
 Both must give the same merge, a worker's memory must not grow from one candidate to the next,
 and workers on one machine must share one copy of the pool."""
 
+import logging
+import warnings
+
 import psutil
 import pytest
 import torch
@@ -17,7 +20,7 @@ from recycler.recipes import (
     SlerpRecipe,
     TaskVectorRecipe,
 )
-from recycler.residency import COMPILE_MIN_ELEMENTS, HybridRows, ResidentRows, StreamedRows
+from recycler.residency import COMPILE_MIN_ELEMENTS, HybridRows, ResidentRows, StreamedRows, weighted_sum_into
 from recycler.spec import load_spec
 from tests.suites import write_suite
 
@@ -74,6 +77,32 @@ def test_streamed_and_hybrid_equal_resident_bit_for_bit(pool, recipe):
     for name in resident:
         assert torch.equal(resident[name], streamed[name]), name
         assert torch.equal(resident[name], hybrid[name]), name
+
+
+def test_the_kernel_stays_compiled_for_every_number_of_rows():
+    """Candidates read 1 to all of a pool's rows, and the compiled kernel is specialized to that
+    number: past torch.compile's default 8 variants it would run uncompiled over whole tensors (float32
+    copies of them, unbudgeted), logging only a warning. Ten counts must all stay compiled."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randn(COMPILE_MIN_ELEMENTS, generator=generator).to(torch.bfloat16) for _ in range(10)]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    dynamo_log = logging.getLogger("torch._dynamo")  # torch's own loggers do not propagate to the root
+    dynamo_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            for count in range(1, len(rows) + 1):
+                out = torch.empty(COMPILE_MIN_ELEMENTS, dtype=torch.bfloat16)
+                coefficients = torch.rand(count, generator=generator)
+                weighted_sum_into(out, coefficients, rows[:count])
+                expected = sum(c * r.double() for c, r in zip(coefficients.double(), rows[:count]))
+                torch.testing.assert_close(out.double(), expected, rtol=2 ** -7, atol=1e-6)
+    finally:
+        dynamo_log.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "recompile_limit" in r.getMessage()]
+    assert not [str(w.message) for w in warned if "merging eagerly" in str(w.message)]
 
 
 def test_a_streaming_merger_does_not_grow_from_one_candidate_to_the_next(tmp_path):
