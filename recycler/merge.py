@@ -17,7 +17,7 @@ import torch
 
 from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
-from recycler.recipes import SPARSIFY_BYTES_PER_ELEMENT, MergeRecipe, RowsRecipe, WeightedRecipe
+from recycler.recipes import TASK_VECTOR_BYTES_PER_ELEMENT, MergeRecipe, RowsRecipe, WeightedRecipe
 from recycler.residency import (
     EAGER_SCRATCH_BYTES,
     HybridRows,
@@ -54,8 +54,8 @@ class MemoryNeeds:
     def of(cls, pool: Pool, device: torch.device) -> MemoryNeeds:
         rows = len(pool.members)
         scratch = EAGER_SCRATCH_BYTES + StreamedRows.staging_bytes(rows, pool.dtype, device)
-        if pool.base is not None:  # TIES and DARE hold one tensor's rows in float32, twice over, and sparsify a row
-            scratch += (2 * rows * 4 + SPARSIFY_BYTES_PER_ELEMENT) * pool.largest_tensor
+        if pool.base is not None:  # TIES and DARE merge a tensor in float32, one task vector at a time
+            scratch += TASK_VECTOR_BYTES_PER_ELEMENT * pool.largest_tensor
         return cls(model=pool.model_bytes, scratch=scratch, stacks=sum(stack_bytes(pool, name) for name in floating_tensors(pool)))
 
 
@@ -159,7 +159,7 @@ class PoolMerger:
             ])
         elif isinstance(recipe, RowsRecipe):
             for name, target in targets.items():
-                target.data.view(-1).copy_(recipe.merge_rows(self.pool, name, self.rows.float32_rows(name)))
+                target.data.view(-1).copy_(recipe.merge_rows(self.pool, name, partial(self.rows.float32_row, name)))
         else:
             raise TypeError(f"{type(recipe).__name__} is neither a weighted sum nor a function of the rows")
 

@@ -16,6 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -122,8 +123,10 @@ class RowsRecipe(MergeRecipe):
     """A merge that is, tensor by tensor, some other function of the rows."""
 
     @abstractmethod
-    def merge_rows(self, pool: Pool, tensor_name: str, rows: torch.Tensor) -> torch.Tensor:
-        """The merged tensor, flat float32, from its (rows, numel) float32 rows, which it may change."""
+    def merge_rows(self, pool: Pool, tensor_name: str, row: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """The merged tensor, flat float32. `row(i)` gives row i as a fresh flat float32 tensor,
+        which the recipe may change: rows are asked for one at a time, so what a merge holds does
+        not grow with the pool."""
 
 
 @_kind("linear")
@@ -285,25 +288,32 @@ def mask_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-# What sparsifying one float32 row allocates at its peak, per element: the magnitudes, kthvalue's
-# copy, the masks and the mask returned (TIES; DARE's probabilities and mask take less).
-SPARSIFY_BYTES_PER_ELEMENT = 16
+# What merging one tensor by TIES or DARE allocates at its peak, per element, whatever the pool's
+# size: the base, the elected signs, the sum and the divisor (4 bytes each), the task vector being
+# added (4) and what sparsifying it takes (the magnitudes, kthvalue's copy and indices: 16, on the
+# first pass only; the masks). Measured on a 16.8M-element tensor (the largest of the memory test's
+# pool): TIES 32, DARE-TIES 25, DARE 20 (it was 8 per row of the pool plus 16 when every row was held).
+TASK_VECTOR_BYTES_PER_ELEMENT = 36
 
 
-def _top_magnitudes(row: torch.Tensor, keep: int) -> torch.Tensor:
-    """A 0/1 mask of the `keep` entries largest in magnitude, in linear time (a selection, no sort).
+def _magnitude_threshold(row: torch.Tensor, keep: int) -> torch.Tensor:
+    """The `keep`-th largest magnitude of a row, in linear time (a selection, no sort)."""
+    return torch.kthvalue(row.abs(), row.numel() - keep + 1).values
+
+
+def _top_magnitudes(row: torch.Tensor, keep: int, threshold: torch.Tensor) -> torch.Tensor:
+    """A mask of the `keep` entries largest in magnitude, given the row's `_magnitude_threshold`.
 
     Among entries tied at the threshold the first by position are kept. mergekit keeps whichever
     its (unstable) descending sort puts first, so the two can differ at such tied entries, and only
     there: frequent in bfloat16 pools, rare in float32 ones.
     """
     magnitude = row.abs()
-    threshold = torch.kthvalue(magnitude, row.numel() - keep + 1).values
-    above, tied = magnitude > threshold, magnitude == threshold
-    needed = keep - int(above.sum())
-    if int(tied.sum()) > needed:
-        tied &= torch.cumsum(tied, dim=0) <= needed
-    return (above | tied).to(row.dtype)
+    mask = magnitude > threshold
+    needed = keep - int(mask.sum())
+    if needed > 0:  # positions of the tied entries (a few per threshold value), not a running count of every entry
+        mask[(magnitude == threshold).nonzero().squeeze(1)[:needed]] = True
+    return mask
 
 
 @_kind("task_vectors")
@@ -334,7 +344,8 @@ class TaskVectorRecipe(RowsRecipe):
 
     @property
     def normalize(self) -> bool:
-        """TIES averages the agreeing values (mergekit's default for ties); DARE sums them."""
+        """TIES averages the agreeing values (mergekit's default for ties); DARE sums them. Only a
+        method with a sign election averages."""
         return self.method == "ties"
 
     def check(self, pool: Pool) -> None:
@@ -347,46 +358,58 @@ class TaskVectorRecipe(RowsRecipe):
         if not math.isfinite(self.scale):
             raise RecyclerError(f"{self.method}: lambda is not a finite number")
 
-    def merge_rows(self, pool: Pool, tensor_name: str, rows: torch.Tensor) -> torch.Tensor:
-        weights = torch.tensor(_check_weights(pool, self.weights), dtype=torch.float32, device=rows.device)
-        base = rows[-1]
-        deltas = rows[:-1].sub_(base)
-        self._sparsify(tensor_name, deltas)
-        return base.add_(self._combine(deltas, weights))
+    def merge_rows(self, pool: Pool, tensor_name: str, row: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """mergekit's generalized task arithmetic, one task vector at a time: with a sign election the
+        vectors are formed twice (once to elect, once to sum), DARE's masks drawn again from the same seed."""
+        weights = torch.tensor(_check_weights(pool, self.weights), dtype=torch.float32)
+        base = row(len(weights))
+        thresholds: dict[int, torch.Tensor] = {}
+        each_vector = partial(self._each_task_vector, tensor_name, weights, base, row, thresholds)
+        elected = torch.zeros_like(base) if self.consensus else None  # Σ wᵢ τᵢ, then its sign: the direction each entry keeps
+        if elected is not None:
+            each_vector(lambda weight, vector: elected.add_(vector))
+            elected.ge_(0).mul_(2).sub_(1)
+        mixed = torch.zeros_like(base)
+        divisor = torch.zeros_like(base) if self.normalize else None  # the weights of the values kept, per entry
 
-    def _sparsify(self, tensor_name: str, deltas: torch.Tensor) -> None:
-        if self.density >= 1.0:
-            return
-        count = deltas.shape[1]
-        if self.sparsify == "magnitude":
-            keep = max(1, int(self.density * count))
-            for row in deltas:
-                row.mul_(_top_magnitudes(row, keep))
-            return
-        generator = torch.Generator().manual_seed(mask_seed(self.seed, tensor_name))
-        probabilities = torch.full((count,), self.density, dtype=torch.float32)
-        for row in deltas:
-            mask = torch.bernoulli(probabilities, generator=generator).to(row.device)
-            row.mul_(mask).div_(self.density)
+        def add(weight: torch.Tensor, vector: torch.Tensor) -> None:
+            if elected is not None:
+                agree = vector.sign() == elected
+                vector.mul_(agree)
+                if divisor is not None:
+                    divisor.add_(agree.to(torch.float32).mul_(weight))
+            mixed.add_(vector)
 
-    def _combine(self, deltas: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """mergekit's generalized task arithmetic on already sparsified τ: weight, elect, sum, normalize, scale."""
-        weights = weights.unsqueeze(1)
-        deltas.mul_(weights)
-        if self.consensus:
-            agree = deltas.sign() == ((deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1)
-            mixed = (deltas * agree).sum(dim=0)
-            divisor = (weights * agree).sum(dim=0)
+        each_vector(add)
+        if divisor is not None:
             divisor[divisor == 0] = 1
-        else:
-            mixed = deltas.sum(dim=0)
-            divisor = weights.sum(dim=0)
-            divisor[divisor.abs() < 1e-8] = 1
-        if self.normalize:
             mixed /= divisor
         if self.scale != 1:
             mixed *= self.scale
-        return mixed
+        return base.add_(mixed)
+
+    def _each_task_vector(self, tensor_name: str, weights: torch.Tensor, base: torch.Tensor, row: Callable[[int], torch.Tensor],
+                          thresholds: dict[int, torch.Tensor], visit: Callable[[torch.Tensor, torch.Tensor], object]) -> None:
+        """Call `visit(wᵢ, wᵢ · sparsify(θᵢ − θ_base))` for each checkpoint, one vector alive at a time (a
+        callback rather than a generator, whose frame and loop variable would keep the last vector
+        while the next is made). Each call visits the same vectors given the same `thresholds`, which
+        keeps each row's magnitude threshold once it is found."""
+        generator = torch.Generator().manual_seed(mask_seed(self.seed, tensor_name))
+        for index, weight in enumerate(weights):
+            visit(weight, self._task_vector(row(index).sub_(base), index, thresholds, generator).mul_(weight))
+
+    def _task_vector(self, vector: torch.Tensor, index: int, thresholds: dict[int, torch.Tensor],
+                     generator: torch.Generator) -> torch.Tensor:
+        """Row `index`'s τ sparsified in place."""
+        if self.density >= 1.0:
+            return vector
+        if self.sparsify == "magnitude":
+            keep = max(1, int(self.density * vector.numel()))
+            if index not in thresholds:
+                thresholds[index] = _magnitude_threshold(vector, keep)
+            return vector.mul_(_top_magnitudes(vector, keep, thresholds[index]))
+        mask = torch.bernoulli(torch.full((vector.numel(),), self.density, dtype=torch.float32), generator=generator)
+        return vector.mul_(mask.to(vector.device)).div_(self.density)
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         """DARE's 1/density rescale is folded into the weights with mergekit's own rescale off

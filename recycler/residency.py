@@ -126,13 +126,10 @@ class Rows(ABC):
                 rows = self.rows(s.name)
                 weighted_sum_into(s.out.view(-1), vector, [rows[i] for i in used])
 
-    def float32_rows(self, name: str) -> torch.Tensor:
-        """Every row of a tensor as a fresh (rows, numel) float32 matrix on the device, for recipes
-        that are not weighted sums (TIES, DARE); the caller may change it."""
-        rows = torch.empty((self.row_count, self.shapes[name].numel()), dtype=torch.float32, device=self.device)
-        for target, row in zip(rows, self.rows(name)):
-            target.copy_(row)
-        return rows
+    def float32_row(self, name: str, index: int) -> torch.Tensor:
+        """Row `index` of a tensor as a fresh flat float32 tensor on the device, for recipes that are
+        not weighted sums (TIES, DARE); the caller may change it."""
+        return self.rows(name)[index].to(self.device, torch.float32, copy=True)
 
     def cosine(self, name: str, i: int, j: int, eps: float) -> float:
         """Cosine between rows i and j of a tensor (norms below eps count as 1), computed once per

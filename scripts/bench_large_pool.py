@@ -55,12 +55,13 @@ def shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return result
 
 
-def build_pool(root: Path, count: int) -> Path:
-    """`count` checkpoints of one random base plus a small perturbation each, bfloat16, as HF folders."""
+def build_pool(root: Path, count: int, with_base: bool = False) -> Path:
+    """`count` checkpoints of one random base plus a small perturbation each, bfloat16, as HF folders;
+    with a base, one more such checkpoint is the pool's base (so TIES and DARE are among the baselines)."""
     config = LlamaConfig(**CONFIG, bos_token_id=1, eos_token_id=1, pad_token_id=0, architectures=["LlamaForCausalLM"])
     tokenizer = build_char_tokenizer(ALPHABET)
     refs = []
-    for index in range(count):
+    for index in range(count + with_base):
         folder = root / f"c{index}"
         refs.append({"name": f"c{index}", "path": str(folder)})
         if (folder / "model.safetensors").is_file():
@@ -80,7 +81,7 @@ def build_pool(root: Path, count: int) -> Path:
         config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         print(f"built {folder}", flush=True)
-    spec = {"name": "large", "checkpoints": refs,
+    spec = {"name": "large", "checkpoints": refs[:count], **({"base": refs[count]} if with_base else {}),
             "suite": {"name": "small-demo", "task_dir": str(SUITES_DIR / "demo"),
                       "batch_size": 32, "limit": 10,
                       "held_in": [{"task": t} for t in ("add", "reverse", "upper")], "held_out": [{"task": "double"}]},
@@ -175,12 +176,13 @@ def bench_search(spec_path: Path, trials: int) -> dict:
         side = {label: stored.error is None for label, stored in side_baselines(study).items()}
         baselines = {"in_search": sum(t.user_attrs.get("baseline") is not None for t in study.trials), "side_scored": side}
     done.set()
-    model_gb = pool.model_bytes / 1e9
+    model_gb, scratch_gb = pool.model_bytes / 1e9, MemoryNeeds.of(pool, torch.device("cpu")).scratch / 1e9
+    worker_limit_gb = model_gb + scratch_gb + 1.5  # one model, the merge's scratch, and 1.5 GB for the rest of a worker
     return {"trials": trials, "complete": complete, "baselines": baselines, "seconds": time.perf_counter() - started,
-            "model_GB": model_gb, "workers": list(peaks.values()),
+            "model_GB": model_gb, "scratch_GB": scratch_gb, "workers": list(peaks.values()),
             "peak_worker_anonymous_GB": max(p["anonymous_GB"] for p in peaks.values()),
-            "peak_worker_uss_GB": max(p["uss_GB"] for p in peaks.values()), "worker_limit_GB": model_gb + 1.5,
-            "peak_used_GB": max(used), "machine_limit_GB": 2 * (model_gb + 1.5) + 2,
+            "peak_worker_uss_GB": max(p["uss_GB"] for p in peaks.values()), "worker_limit_GB": worker_limit_gb,
+            "peak_used_GB": max(used), "machine_limit_GB": 2 * worker_limit_gb + 2,
             "machine_total_GB": psutil.virtual_memory().total / 1e9}
 
 
@@ -191,9 +193,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mergekit", action="store_true", help="also time mergekit's merge and load of the same candidate")
     parser.add_argument("--search", type=int, default=0, metavar="TRIALS", help="also run a search of this many trials on 2 workers")
+    parser.add_argument("--base", action="store_true", help="give the pool a base: TIES and DARE join the search's baselines")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    spec_path = build_pool(args.root, args.checkpoints)
+    spec_path = build_pool(args.root, args.checkpoints, args.base)
     print(json.dumps({"streaming": bench_streaming(spec_path, args.repeats)}), flush=True)
     if args.mergekit:
         print(json.dumps({"mergekit": bench_mergekit(spec_path, args.repeats)}), flush=True)

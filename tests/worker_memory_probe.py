@@ -1,6 +1,8 @@
 """Run as a script by tests/test_worker_memory.py, in a process of its own: merge every baseline
-recipe of a pool under a data limit of what the process holds after one warm-up merge plus the
+recipe of a pool under a data limit of what the process holds after merging them all once (the
+kernel compiled for each number of rows, the allocator's heap at its working size) plus the
 scratch MemoryNeeds promises and SLACK_BYTES. A recipe allocating more fails with MemoryError.
+The limited pass uses a new merger, so nothing the first one cached (SLERP's cosines) is reused.
 
     python tests/worker_memory_probe.py POOL.yaml streamed|stacked
 """
@@ -13,7 +15,6 @@ import torch
 from recycler.baselines import baseline_recipes
 from recycler.merge import MemoryNeeds, PoolMerger
 from recycler.pool import load_pool
-from recycler.recipes import LinearRecipe
 from recycler.spec import load_spec
 
 # Python objects and small tensors, and what glibc may keep in its heap: blocks below its largest
@@ -35,13 +36,18 @@ def main() -> None:
     # measured is what the merge allocates, not how many threads' arenas glibc happens to grow
     pool = load_pool(load_spec(spec_path))
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
-    merger = PoolMerger(pool, "cpu", needs.streamed if residency == "streamed" else needs.resident)
+    budget = needs.streamed if residency == "streamed" else needs.resident
+    model = {name: torch.empty(shape, dtype=pool.dtype) for name, shape in PoolMerger(pool, "cpu", budget).shapes.items()}
+    recipes = baseline_recipes(pool.names, pool.base is not None)
+    warm = PoolMerger(pool, "cpu", budget)
+    for recipe in recipes.values():
+        warm.write_into(recipe, model)
+    del warm
+    merger = PoolMerger(pool, "cpu", budget)
     assert type(merger.rows).__name__ == ("StreamedRows" if residency == "streamed" else "ResidentRows")
-    model = {name: torch.empty(shape, dtype=pool.dtype) for name, shape in merger.shapes.items()}
-    merger.write_into(LinearRecipe({name: 1.0 / len(pool.names) for name in pool.names}), model)  # compiles the kernel
     limit = private_data_bytes() + needs.scratch + SLACK_BYTES
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    for label, recipe in baseline_recipes(pool.names, pool.base is not None).items():
+    for label, recipe in recipes.items():
         try:
             merger.write_into(recipe, model)
         except (MemoryError, RuntimeError) as error:  # torch's allocator raises RuntimeError
