@@ -1,6 +1,7 @@
 """The merge engine on a GPU: resident, hybrid and streamed weighted sums against the device's own
 bandwidths, each reference measured in the same run, and streamed and hybrid against resident for
-equality; the streamed path's stages timed apart; several processes streaming at once, as the
+equality; the streamed path's stages timed apart; the whole pool as one flat buffer, one kernel
+launch per candidate (a lead for resident bfloat16); several processes streaming at once, as the
 workers of a node's GPUs share its host memory; and one whole trial (a bf16 Llama merged on the
 device, then a forward pass) against the same merge and forward pass on the CPU.
 
@@ -132,6 +133,8 @@ def measure(files, shapes, dtype, coefficients) -> dict[str, float]:
     result["hybrid_s"] = timed_engine(files, shapes, dtype, sums, "hybrid")
     result["hybrid_equals_resident"] = all(torch.equal(reference[n], outputs[n]) for n in outputs)
     result.update(stages(files, shapes, dtype, coefficients))
+    torch.cuda.empty_cache()
+    result.update(flat_kernels(files, shapes, dtype, coefficients, reference))
     return result
 
 
@@ -172,6 +175,45 @@ def stages(files, shapes, dtype, coefficients) -> dict[str, float]:
 
     return {f"stage_{label}_GBps": total / seconds(action) / 1e9
             for label, action in (("page_cache_to_pinned", to_pinned), ("pinned_to_device", to_device), ("kernel", kernel))}
+
+
+def _flat_indexed_sum(out: torch.Tensor, pool: torch.Tensor, index: torch.Tensor, coefficients: torch.Tensor) -> None:
+    out.copy_((pool[index].to(coefficients.dtype) * coefficients[:, None]).sum(0))
+
+
+def flat_kernels(files, shapes, dtype, coefficients, reference: dict[str, torch.Tensor], device: str = "cuda") -> dict[str, float]:
+    """The lead for resident bfloat16, not yet in the engine: the pool as one flat (rows, parameters)
+    buffer and the merge as one flat buffer, so a candidate is one kernel launch, not one per tensor.
+    Two kernels: the engine's own over the flat rows (specialized to the number of rows), and a
+    gather-and-reduce with the rows' indices and coefficients as device tensors (compiled once for
+    any number). Each as traffic in GB/s (rows read, merge written), with its equality to the
+    engine's per-tensor result (`reference`)."""
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    numels = {n: torch.Size(s).numel() for n, s in shapes.items()}
+    total = sum(numels.values())
+    pool = torch.empty((len(files), total), dtype=dtype, device=device)
+    offset = 0
+    for name, numel in numels.items():
+        for i, handle in enumerate(handles):
+            pool[i, offset:offset + numel].copy_(handle.get_tensor(name).reshape(-1))
+        offset += numel
+    expected = torch.cat([reference[n].reshape(-1) for n in numels])
+    out = torch.empty(total, dtype=dtype, device=device)
+    vector = torch.tensor(coefficients, dtype=torch.float32, device=device)
+    traffic = (len(files) + 1) * total * dtype.itemsize
+    result: dict[str, float] = {}
+    t = seconds(lambda: weighted_sum_into(out, vector, list(pool.unbind(0))))
+    result["flat_unrolled_traffic_GBps"] = traffic / t / 1e9
+    result["flat_unrolled_equals_resident"] = torch.equal(out, expected)
+    indexed = torch.compile(_flat_indexed_sum, dynamic=True)
+    index = torch.arange(len(files), device=device)
+    t = seconds(lambda: indexed(out, pool, index, vector))
+    result["flat_indexed_traffic_GBps"] = traffic / t / 1e9
+    result["flat_indexed_max_abs_difference"] = float((out.float() - expected.float()).abs().max())
+    fewer = index[: max(1, len(files) // 2)]  # another number of rows: the same compiled kernel
+    t = seconds(lambda: indexed(out, pool, fewer, vector[: len(fewer)]))
+    result["flat_indexed_half_rows_traffic_GBps"] = (len(fewer) + 1) * total * dtype.itemsize / t / 1e9
+    return result
 
 
 def _stream_in_process(files, shapes, dtype, coefficients, repeats, start, results) -> None:
@@ -290,6 +332,8 @@ def main() -> None:
             entry["one_tensor_of_device_bandwidth"] = entry["resident_one_tensor_traffic_GBps"] / report["device_copy_GBps"]
             entry["streamed_of_pinned_h2d"] = entry["streamed_h2d_GBps"] / report["pinned_h2d_GBps"]
             entry["streamed_of_page_cache_to_pinned"] = entry["streamed_h2d_GBps"] / report["page_cache_to_pinned_GBps"]
+            for kernel in ("flat_unrolled", "flat_indexed", "flat_indexed_half_rows"):
+                entry[f"{kernel}_of_device_bandwidth"] = entry[f"{kernel}_traffic_GBps"] / report["device_copy_GBps"]
             if args.processes and dtype == torch.bfloat16:
                 entry["concurrent"] = concurrent_streaming(files, shapes, dtype, coefficients, args.processes)
             report[str(dtype).removeprefix("torch.")] = entry
