@@ -51,7 +51,8 @@ _compile_failed = False
 # rows), plus a few for dtypes. torch.compile's default limit of 8 variants per function would
 # otherwise send every further count to the uncompiled function over whole tensors, with float32
 # copies of the largest tensor that no memory budget counts; past this limit it raises instead, and
-# the merge goes on in eager chunks.
+# the merge goes on in eager chunks. (Both settings live in torch._dynamo.config, where torch's
+# documentation on recompilation points; torch.compile takes neither as an argument.)
 KERNEL_VARIANTS = 160
 
 
