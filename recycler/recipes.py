@@ -311,7 +311,7 @@ def _top_magnitudes(row: torch.Tensor, keep: int, threshold: torch.Tensor) -> to
     magnitude = row.abs()
     mask = magnitude > threshold
     needed = keep - int(mask.sum())
-    if needed > 0:  # positions of the tied entries (a few per threshold value), not a running count of every entry
+    if needed > 0:  # the tied entries' positions (8 bytes each; every entry at most, when the threshold is 0)
         mask[(magnitude == threshold).nonzero().squeeze(1)[:needed]] = True
     return mask
 

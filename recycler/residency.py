@@ -52,8 +52,10 @@ _compile_failed = False
 # otherwise send every further count to the uncompiled function over whole tensors, with float32
 # copies of the largest tensor that no memory budget counts; past this limit it raises instead, and
 # the merge goes on in eager chunks. (Both settings live in torch._dynamo.config, where torch's
-# documentation on recompilation points; torch.compile takes neither as an argument.)
+# documentation on recompilation points; torch.compile takes neither as an argument.) The patch is
+# made once: each new one leaves a context variable behind in the thread for good.
 KERNEL_VARIANTS = 160
+_KERNEL_CONFIG = torch._dynamo.config.patch(recompile_limit=KERNEL_VARIANTS, fail_on_recompile_limit_hit=True)
 
 
 def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Sequence[torch.Tensor]) -> None:
@@ -68,7 +70,7 @@ def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Seque
         try:
             if _compiled_sum is None:
                 _compiled_sum = torch.compile(_weighted_sum, dynamic=True)
-            with torch._dynamo.config.patch(recompile_limit=KERNEL_VARIANTS, fail_on_recompile_limit_hit=True):
+            with _KERNEL_CONFIG:
                 _compiled_sum(out, coefficients, rows)
             return
         except Exception as error:  # no C++ compiler, no Triton, an unsupported device, past the limit: same math, eagerly

@@ -180,9 +180,9 @@ def bench_search(spec_path: Path, trials: int) -> dict:
     worker_limit_gb = model_gb + scratch_gb + 1.5  # one model, the merge's scratch, and 1.5 GB for the rest of a worker
     return {"trials": trials, "complete": complete, "baselines": baselines, "seconds": time.perf_counter() - started,
             "model_GB": model_gb, "scratch_GB": scratch_gb, "workers": list(peaks.values()),
-            "peak_worker_anonymous_GB": max(p["anonymous_GB"] for p in peaks.values()),
-            "peak_worker_uss_GB": max(p["uss_GB"] for p in peaks.values()), "worker_limit_GB": worker_limit_gb,
-            "peak_used_GB": max(used), "machine_limit_GB": 2 * worker_limit_gb + 2,
+            "peak_worker_anonymous_GB": max((p["anonymous_GB"] for p in peaks.values()), default=0.0),
+            "peak_worker_uss_GB": max((p["uss_GB"] for p in peaks.values()), default=0.0), "worker_limit_GB": worker_limit_gb,
+            "peak_used_GB": max(used, default=0.0), "machine_limit_GB": 2 * worker_limit_gb + 2,
             "machine_total_GB": psutil.virtual_memory().total / 1e9}
 
 

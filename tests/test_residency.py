@@ -3,6 +3,7 @@
 Both must give the same merge, a worker's memory must not grow from one candidate to the next,
 and workers on one machine must share one copy of the pool."""
 
+import contextvars
 import logging
 import warnings
 
@@ -20,6 +21,7 @@ from recycler.recipes import (
     SlerpRecipe,
     TaskVectorRecipe,
 )
+from recycler import residency
 from recycler.residency import COMPILE_MIN_ELEMENTS, HybridRows, ResidentRows, StreamedRows, weighted_sum_into
 from recycler.spec import load_spec
 from tests.suites import write_suite
@@ -79,10 +81,11 @@ def test_streamed_and_hybrid_equal_resident_bit_for_bit(pool, recipe):
         assert torch.equal(resident[name], hybrid[name]), name
 
 
-def test_the_kernel_stays_compiled_for_every_number_of_rows():
+def test_the_kernel_stays_compiled_for_every_number_of_rows(monkeypatch):
     """Candidates read 1 to all of a pool's rows, and the compiled kernel is specialized to that
     number: past torch.compile's default 8 variants it would run uncompiled over whole tensors (float32
     copies of them, unbudgeted), logging only a warning. Ten counts must all stay compiled."""
+    monkeypatch.setattr(residency, "_compile_failed", False)  # whatever an earlier test left
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randn(COMPILE_MIN_ELEMENTS, generator=generator).to(torch.bfloat16) for _ in range(10)]
     records: list[logging.LogRecord] = []
@@ -103,6 +106,21 @@ def test_the_kernel_stays_compiled_for_every_number_of_rows():
         dynamo_log.removeHandler(handler)
     assert not [r.getMessage() for r in records if "recompile_limit" in r.getMessage()]
     assert not [str(w.message) for w in warned if "merging eagerly" in str(w.message)]
+    assert not residency._compile_failed
+
+
+def test_the_kernel_leaves_nothing_behind_per_call(monkeypatch):
+    """Each compiled call runs under torch settings (the number of variants); a settings patch made
+    per call would leave a context variable behind each time, growing a worker for good."""
+    monkeypatch.setattr(residency, "_compile_failed", False)
+    out, rows = torch.empty(COMPILE_MIN_ELEMENTS), [torch.ones(COMPILE_MIN_ELEMENTS) for _ in range(2)]
+    coefficients = torch.tensor([0.25, 0.5])
+    weighted_sum_into(out, coefficients, rows)
+    before = len(contextvars.copy_context())
+    for _ in range(50):
+        weighted_sum_into(out, coefficients, rows)
+    assert len(contextvars.copy_context()) == before
+    assert torch.equal(out, torch.full_like(out, 0.75)) and not residency._compile_failed
 
 
 def test_a_streaming_merger_does_not_grow_from_one_candidate_to_the_next(tmp_path):
