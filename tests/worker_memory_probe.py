@@ -37,9 +37,9 @@ def main() -> None:
     pool = load_pool(load_spec(spec_path))
     needs = MemoryNeeds.of(pool, torch.device("cpu"))
     budget = needs.streamed if residency == "streamed" else needs.resident
-    model = {name: torch.empty(shape, dtype=pool.dtype) for name, shape in PoolMerger(pool, "cpu", budget).shapes.items()}
     recipes = baseline_recipes(pool.names, pool.base is not None)
     warm = PoolMerger(pool, "cpu", budget)
+    model = {name: torch.empty(shape, dtype=pool.dtype) for name, shape in warm.shapes.items()}
     for recipe in recipes.values():
         warm.write_into(recipe, model)
     del warm
