@@ -15,6 +15,7 @@ from functools import partial
 
 import torch
 
+from recycler import native_sum
 from recycler.errors import RecyclerError, format_bytes
 from recycler.pool import Pool
 from recycler.recipes import TASK_VECTOR_BYTES_PER_ELEMENT, MergeRecipe, RowsRecipe, WeightedRecipe
@@ -54,6 +55,8 @@ class MemoryNeeds:
     def of(cls, pool: Pool, device: torch.device) -> MemoryNeeds:
         rows = len(pool.members)
         scratch = EAGER_SCRATCH_BYTES + StreamedRows.staging_bytes(rows, pool.dtype, device)
+        if device.type == "cpu" and pool.dtype == torch.bfloat16:  # the C kernel's accumulators
+            scratch += native_sum.scratch_bytes()
         if pool.base is not None:  # TIES and DARE merge a tensor in float32, one task vector at a time
             scratch += TASK_VECTOR_BYTES_PER_ELEMENT * pool.largest_tensor
         return cls(model=pool.model_bytes, scratch=scratch, stacks=sum(stack_bytes(pool, name) for name in floating_tensors(pool)))

@@ -8,7 +8,8 @@ the two stacks the tensors it holds and streams the rest (`HybridRows`). On a GP
 go through two pinned host buffers: one chunk's copy to the device overlaps the previous chunk's sum.
 
 Every residency feeds the same rows to the same kernel, `weighted_sum_into`, so they give the same
-bits. This module needs torch alone: it is what runs on a GPU machine without the rest of recycler.
+bits. This module needs torch alone (and `recycler.native_sum`, which needs torch alone): it is what
+runs on a GPU machine without the rest of recycler.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from dataclasses import dataclass
 
 import torch
 
+from recycler.native_sum import weighted_sum_bf16
+
 # A tensor's rows as CPU tensors, read lazily (memory-mapped views of the pool's files).
 RowSource = Callable[[str], list[torch.Tensor]]
 
-# Tensors this large, and every tensor on a GPU, are summed by one compiled kernel (torch.compile
-# fuses the conversion to float32, the products and the sum into a single pass over the rows: the
-# read floor); smaller ones on a CPU, where compiling costs more than it saves, and every tensor if
-# compilation is unavailable, by the same arithmetic in eager chunks.
+# On a CPU, bfloat16 rows are summed by a small C kernel (`recycler.native_sum`) where one can be
+# built. Otherwise tensors this large, and every tensor on a GPU, are summed by one compiled kernel
+# (torch.compile fuses the conversion to float32, the products and the sum into a single pass over
+# the rows); smaller ones on a CPU, where compiling costs more than it saves, and every tensor if
+# compilation is unavailable, by the same arithmetic in eager chunks. All three give the same bits.
 COMPILE_MIN_ELEMENTS = 1 << 20
 EAGER_CHUNK = 1 << 16
 STREAM_CHUNK = 1 << 24  # elements per row moved to a GPU at a time
@@ -66,6 +70,8 @@ def weighted_sum_into(out: torch.Tensor, coefficients: torch.Tensor, rows: Seque
     tensor there too, so new values do not recompile the kernel."""
     global _compiled_sum, _compile_failed
     rows = list(rows)
+    if weighted_sum_bf16(out, coefficients, rows):  # a bfloat16 sum on the CPU: the C kernel, same bits
+        return
     if (out.numel() >= COMPILE_MIN_ELEMENTS or out.is_cuda) and not _compile_failed:
         try:
             if _compiled_sum is None:

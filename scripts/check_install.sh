@@ -25,7 +25,7 @@ bin="$work/venv/bin"
 cd "$work"  # away from the repository: only the installed package can be imported
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-step "every shipped space and suite file is in the installed package"
+step "every shipped space and suite file, and the C kernel's source, is in the installed package"
 "$bin/python" - "$work/src" <<'PY'
 import sys
 from pathlib import Path
@@ -44,6 +44,12 @@ for package in (recycler.search_spaces, recycler.eval_suites):
     print(f"{package.__name__}: {len(shipped)} files")
 if missing:
     sys.exit(f"check_install: not in the installed package: {', '.join(missing)}")
+
+from recycler import native_sum  # the C kernel's source ships in the package and builds from there
+
+if "site-packages" not in native_sum.SOURCE.parts or native_sum.build() is None:
+    sys.exit(f"check_install: the bfloat16 kernel does not build from the installed package ({native_sum.SOURCE})")
+print(f"recycler.native_sum: built from {native_sum.SOURCE.name}")
 PY
 
 step "a pool of tiny random checkpoints"

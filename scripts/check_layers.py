@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "recycler"
 # engine.py lists) is an input; the plugins themselves score.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "config", "references", "files", "yaml_files", "library_seams", "held_folder",
-                     "residency", "pareto", "results", "score_estimates", "search_spaces", "eval_suites", "demo.skills", "demo.tokenizer")),
+                     "native_sum", "residency", "pareto", "results", "score_estimates", "search_spaces", "eval_suites", "demo.skills", "demo.tokenizer")),
     ("inputs", ("checkpoint_scan", "task_yaml", "suite", "engine", "engines", "spec", "pool", "recipes", "baselines", "space")),
     ("scoring", ("merge", "engines.*", "evaluate", "workers", "examples", "screening")),
     ("studies", ("records", "coordination", "study", "ledger", "front", "selection", "compare", "report", "export", "verify")),
