@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +51,39 @@ def test_the_c_kernel_gives_torchs_bits(count, length):
     assert same_bits(out, torch_sum(coefficients, rows))
 
 
+def test_the_c_kernel_gives_torchs_bits_at_the_edges():
+    """Signed zeros, a zero coefficient times inf (NaN), sums past float32's range (inf), subnormal
+    sums of several rows, rows at 4-byte-aligned addresses."""
+    length = 2 * BLOCK_WORDS + 5
+    rows = [torch.zeros(length, dtype=torch.bfloat16) for _ in range(5)]
+    rows[0][:8] = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), 3e38, -3e38, 1e-39, -1e-39])
+    rows[1][:8] = torch.tensor([-0.0, -0.0, 1.0, 1.0, 3e38, 3e38, 1e-39, 2e-39])
+    rows[2][-3:] = torch.tensor([float("inf"), -0.0, 1e-40])
+    coefficients = torch.tensor([0.0, 3e38, -1.5, 0.5, -0.0])
+    for scale in (coefficients, torch.tensor([1.0, 1.0, 1.0, 1e-3, 2.0])):
+        out = torch.empty(length, dtype=torch.bfloat16)
+        assert weighted_sum_bf16(out, scale, rows)
+        assert same_bits(out, torch_sum(scale, rows))
+
+
+def test_a_nan_gets_the_bits_of_torchs_scalar_conversion_where_torch_uses_it():
+    """Without vector instructions (ATEN_CPU_CAPABILITY=default) torch writes a NaN as 0x7fc0, not
+    0xffff; the kernel follows the torch it runs beside."""
+    probe = f"""
+import torch, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_native_sum import bf16_rows, same_bits, torch_sum
+from recycler.native_sum import torch_nan_bits, weighted_sum_bf16
+rows = bf16_rows(3, 101, seed=7)
+out = torch.empty_like(rows[0])
+assert weighted_sum_bf16(out, torch.tensor([0.5, 0.25, 2.0]), rows)
+print(hex(torch_nan_bits()), same_bits(out, torch_sum(torch.tensor([0.5, 0.25, 2.0]), rows)))
+"""
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment, timeout=120)
+    assert run.stdout.split() == ["0x7fc0", "True"], run.stdout + run.stderr
+
+
 def test_the_c_kernel_splits_work_between_threads_without_changing_bits():
     rows = bf16_rows(6, 4 * MIN_WORDS_PER_THREAD * 2 + 3, seed=1)
     coefficients = torch.rand(6, generator=torch.Generator().manual_seed(2))
@@ -78,6 +115,7 @@ def test_a_machine_without_a_compiler_warns_once_and_merges_the_same_bits(monkey
         assert native_sum.build("/nonexistent/cc") is None
     with pytest.warns(UserWarning, match="failed on weighted_sum_bf16.c"):
         assert native_sum.build("false") is None  # a compiler that fails
+    assert native_sum.build("cc -Wall") is not None  # a compiler with arguments, as CC may give one
     rows = bf16_rows(5, (1 << 20) + 1, seed=3)
     coefficients = torch.randn(5, generator=torch.Generator().manual_seed(4))
     expected = torch_sum(coefficients, rows)
