@@ -294,6 +294,7 @@ def mask_seed(seed: int, tensor_name: str) -> int:
 # first pass only; the masks). Measured on a 16.8M-element tensor (the largest of the memory test's
 # pool): TIES 32, DARE-TIES 25, DARE 20 (it was 8 per row of the pool plus 16 when every row was held).
 TASK_VECTOR_BYTES_PER_ELEMENT = 36
+TIE_CHUNK = 1 << 20  # entries searched for ties to the threshold at a time (their positions: 8 MB at most)
 
 
 def _magnitude_threshold(row: torch.Tensor, keep: int) -> torch.Tensor:
@@ -311,8 +312,14 @@ def _top_magnitudes(row: torch.Tensor, keep: int, threshold: torch.Tensor) -> to
     magnitude = row.abs()
     mask = magnitude > threshold
     needed = keep - int(mask.sum())
-    if needed > 0:  # the tied entries' positions (8 bytes each; every entry at most, when the threshold is 0)
-        mask[(magnitude == threshold).nonzero().squeeze(1)[:needed]] = True
+    # the first tied entries' positions, a chunk at a time: 8 bytes per position, and at a threshold of
+    # 0 (a task vector mostly zero) every entry of the row can be tied
+    for start in range(0, row.numel(), TIE_CHUNK):
+        if needed <= 0:
+            break
+        tied = (magnitude[start:start + TIE_CHUNK] == threshold).nonzero().squeeze(1)[:needed]
+        mask[start + tied] = True
+        needed -= len(tied)
     return mask
 
 
