@@ -47,9 +47,10 @@ def build(compiler: str | None = None) -> ctypes.CDLL | None:
     be). It is built in a private temporary folder, removed once loaded: each process builds its own
     (well under a second), so no shared cache can hand a machine code built for another CPU.
     `compiler` (else $CC, else cc) may carry arguments, as CC does ("ccache gcc")."""
-    command = shlex.split(compiler or os.environ.get("CC", "cc"))
+    compiler = compiler or os.environ.get("CC", "cc")
+    command = shlex.split(compiler)
     if not command or shutil.which(command[0]) is None:
-        return _unavailable(f"no C compiler found ({compiler or os.environ.get('CC', 'cc')!r})")
+        return _unavailable(f"no C compiler found ({compiler!r})")
     try:
         with tempfile.TemporaryDirectory(prefix="recycler-native-") as folder:
             library_path = Path(folder) / "weighted_sum_bf16.so"

@@ -16,10 +16,13 @@ from recycler.export import export_merge
 from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import (
+    TIE_CHUNK,
     LayerwiseRecipe,
     LinearRecipe,
     SlerpRecipe,
     TaskVectorRecipe,
+    _magnitude_threshold,
+    _top_magnitudes,
     mask_seed,
     recipe_from_json,
 )
@@ -138,6 +141,21 @@ def test_ties_trims_to_density_and_a_single_vector_passes_through(tmp_path):
     assert trimmed.abs().min() == 0 and (tau.abs()[trimmed != 0].min() >= tau.abs()[trimmed == 0].max())
     whole = merger.apply(TaskVectorRecipe({"c1": 1.0}, "magnitude", True, density=1.0)).state_dict()[name]
     torch.testing.assert_close(whole, pool.checkpoint("c1").tensor(name))
+
+
+def test_ties_keeps_the_first_tied_entries_across_chunks():
+    """Magnitudes from a few values (as a bfloat16 task vector has) over more than two search chunks:
+    exactly `keep` entries, every one above the threshold, and of those tied at it the first by position."""
+    generator = torch.Generator().manual_seed(0)
+    row = torch.randint(-2, 3, (2 * TIE_CHUNK + 12345,), generator=generator).float()
+    for keep in (1, TIE_CHUNK // 3, int(0.7 * row.numel())):  # ties in the first chunk only, and spanning chunks
+        threshold = _magnitude_threshold(row, keep)
+        mask = _top_magnitudes(row, keep, threshold)
+        tied = row.abs() == threshold
+        kept_tied, dropped_tied = (mask & tied).nonzero(), (~mask & tied).nonzero()
+        assert int(mask.sum()) == keep
+        assert bool(mask[row.abs() > threshold].all())
+        assert len(dropped_tied) == 0 or kept_tied.max() < dropped_tied.min()
 
 
 def test_slerp_ends_at_its_checkpoints_and_keeps_norms_between(tmp_path):
