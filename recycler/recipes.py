@@ -290,37 +290,77 @@ def mask_seed(seed: int, tensor_name: str) -> int:
 
 # What merging one tensor by TIES or DARE allocates at its peak, per element, whatever the pool's
 # size: the base, the elected signs, the sum and the divisor (4 bytes each), the task vector being
-# added (4) and what sparsifying it takes (the magnitudes, kthvalue's copy and indices: 16, on the
-# first pass only; the masks). Measured on a 16.8M-element tensor (the largest of the memory test's
-# pool): TIES 32, DARE-TIES 25, DARE 20 (it was 8 per row of the pool plus 16 when every row was held).
+# added (4) and what sparsifying it takes (the magnitudes and the mask, 5, or DARE's draw, 8; on a
+# GPU, kthvalue's workspace on the first pass, when only the base and the signs are held).
+# Measured on the CPU on a 16.8M-element tensor, as the smallest data limit a merge passes under:
+# TIES 26, DARE-TIES 23, DARE 20 (TIES was 32 with torch's kthvalue, 8 per row of the pool plus 16
+# when every row was held). GPU figures are not measured; the promise keeps their margin.
 TASK_VECTOR_BYTES_PER_ELEMENT = 36
 TIE_CHUNK = 1 << 20  # entries searched for ties to the threshold at a time (their positions: 8 MB at most)
+RADIX_CHUNK = 1 << 20  # entries counted at a time by the magnitude threshold's radix select on a CPU
 
 
-def _magnitude_threshold(row: torch.Tensor, keep: int) -> torch.Tensor:
-    """The `keep`-th largest magnitude of a row, in linear time (a selection, no sort)."""
-    return torch.kthvalue(row.abs(), row.numel() - keep + 1).values
+def _magnitude_threshold(magnitude: torch.Tensor, keep: int) -> torch.Tensor:
+    """The `keep`-th largest of a row's magnitudes (float32), in linear time (a selection, no sort).
+
+    On a GPU, torch's kthvalue (a radix select over the row in place). On a CPU, torch's kthvalue
+    copies the row, allocates 8 bytes of indices per element and is slow (a quickselect: half of a
+    TIES merge's time here), so the same value is found by a radix select over chunks."""
+    if magnitude.device.type != "cpu":
+        return torch.kthvalue(magnitude, magnitude.numel() - keep + 1).values
+    return _kth_largest(magnitude, keep)
 
 
-def _top_magnitudes(row: torch.Tensor, keep: int, threshold: torch.Tensor) -> torch.Tensor:
-    """A mask of the `keep` entries largest in magnitude, given the row's `_magnitude_threshold`.
+def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest of non-negative float32 values, exactly: for such values the order of their
+    bits read as integers is their order, so the high 16 bits of the k-th largest are found by counting
+    the values per high half, then its low 16 bits by counting, among the values with those high bits,
+    per low half. Counted RADIX_CHUNK values at a time, so what it allocates does not grow with the row."""
+    bits = values.view(torch.int32)
+    high, k = _bin_of_kth_largest(_counts(bits, lambda piece: piece >> 16, 1 << 15), k)
+    low, _ = _bin_of_kth_largest(_counts(bits, lambda piece: piece[(piece >> 16) == high] & 0xFFFF, 1 << 16), k)
+    return torch.tensor((high << 16) | low, dtype=torch.int32).view(torch.float32)
+
+
+def _counts(bits: torch.Tensor, bins_of: Callable[[torch.Tensor], torch.Tensor], bins: int) -> torch.Tensor:
+    counts = torch.zeros(bins, dtype=torch.int64)
+    for start in range(0, bits.numel(), RADIX_CHUNK):
+        counts += torch.bincount(bins_of(bits[start:start + RADIX_CHUNK]), minlength=bins)
+    return counts
+
+
+def _bin_of_kth_largest(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bin holding the k-th largest value given the counts per bin, and that value's rank
+    among the values of its bin (k less those in higher bins)."""
+    from_the_top = counts.flip(0).cumsum(0)
+    position = int(torch.searchsorted(from_the_top, k))
+    return len(counts) - 1 - position, k - (int(from_the_top[position - 1]) if position else 0)
+
+
+def _top_magnitudes(magnitude: torch.Tensor, keep: int, threshold: torch.Tensor) -> torch.Tensor:
+    """A mask of the `keep` largest of a row's magnitudes, given their `_magnitude_threshold`.
 
     Among entries tied at the threshold the first by position are kept. mergekit keeps whichever
     its (unstable) descending sort puts first, so the two can differ at such tied entries, and only
     there: frequent in bfloat16 pools, rare in float32 ones.
     """
-    magnitude = row.abs()
     mask = magnitude > threshold
-    needed = keep - int(mask.sum())
+    needed = keep - int(torch.count_nonzero(mask))  # not mask.sum(), which counts in a copy of int64s
     # the first tied entries' positions, a chunk at a time: 8 bytes per position, and at a threshold of
     # 0 (a task vector mostly zero) every entry of the row can be tied
-    for start in range(0, row.numel(), TIE_CHUNK):
+    for start in range(0, magnitude.numel(), TIE_CHUNK):
         if needed <= 0:
             break
         tied = (magnitude[start:start + TIE_CHUNK] == threshold).nonzero().squeeze(1)[:needed]
         mask[start + tied] = True
         needed -= len(tied)
     return mask
+
+
+def _dare_mask(numel: int, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE's mask of one row: 1 with probability `density`, else 0 (float32, on the CPU, where the
+    generator is)."""
+    return torch.bernoulli(torch.full((numel,), density, dtype=torch.float32), generator=generator)
 
 
 @_kind("task_vectors")
@@ -397,12 +437,18 @@ class TaskVectorRecipe(RowsRecipe):
 
     def _each_task_vector(self, tensor_name: str, weights: torch.Tensor, base: torch.Tensor, row: Callable[[int], torch.Tensor],
                           thresholds: dict[int, torch.Tensor], visit: Callable[[torch.Tensor, torch.Tensor], object]) -> None:
-        """Call `visit(wᵢ, wᵢ · sparsify(θᵢ − θ_base))` for each checkpoint, one vector alive at a time (a
+        """Call `visit(wᵢ, wᵢ · sparsify(θᵢ − θ_base))` for each checkpoint weighted, one vector alive at a time (a
         callback rather than a generator, whose frame and loop variable would keep the last vector
         while the next is made). Each call visits the same vectors given the same `thresholds`, which
         keeps each row's magnitude threshold once it is found."""
         generator = torch.Generator().manual_seed(mask_seed(self.seed, tensor_name))
         for index, weight in enumerate(weights):
+            if weight == 0:
+                # its vector would add ±0 to every sum, which changes none, so its row is not read; DARE
+                # still draws its mask, which the next rows' masks follow (as mergekit's do)
+                if self.sparsify == "random" and self.density < 1.0:
+                    _dare_mask(base.numel(), self.density, generator)
+                continue
             visit(weight, self._task_vector(row(index).sub_(base), index, thresholds, generator).mul_(weight))
 
     def _task_vector(self, vector: torch.Tensor, index: int, thresholds: dict[int, torch.Tensor],
@@ -412,11 +458,13 @@ class TaskVectorRecipe(RowsRecipe):
             return vector
         if self.sparsify == "magnitude":
             keep = max(1, int(self.density * vector.numel()))
+            magnitude = vector.abs()
             if index not in thresholds:
-                thresholds[index] = _magnitude_threshold(vector, keep)
-            return vector.mul_(_top_magnitudes(vector, keep, thresholds[index]))
-        mask = torch.bernoulli(torch.full((vector.numel(),), self.density, dtype=torch.float32), generator=generator)
-        return vector.mul_(mask.to(vector.device)).div_(self.density)
+                thresholds[index] = _magnitude_threshold(magnitude, keep)
+            mask = _top_magnitudes(magnitude, keep, thresholds[index])
+            del magnitude  # before the product, which converts the mask to float32
+            return vector.mul_(mask)
+        return vector.mul_(_dare_mask(vector.numel(), self.density, generator).to(vector.device)).div_(self.density)
 
     def mergekit_config(self, pool: Pool) -> dict[str, Any]:
         """DARE's 1/density rescale is folded into the weights with mergekit's own rescale off

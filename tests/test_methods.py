@@ -16,6 +16,7 @@ from recycler.export import export_merge
 from recycler.merge import Merger
 from recycler.pool import load_pool
 from recycler.recipes import (
+    RADIX_CHUNK,
     TIE_CHUNK,
     LayerwiseRecipe,
     LinearRecipe,
@@ -33,6 +34,7 @@ WEIGHTS = {"c0": 0.9, "c1": 0.6, "c2": 0.3}
 
 DETERMINISTIC = {
     "gpt2-ties": ({"arch": "gpt2", "base": True}, TaskVectorRecipe(WEIGHTS, "magnitude", True, density=0.3, scale=1.2)),
+    "gpt2-ties-a-zero-weight": ({"arch": "gpt2", "base": True}, TaskVectorRecipe({**WEIGHTS, "c1": 0.0}, "magnitude", True, density=0.3)),
     "llama-ties-full-density": ({"arch": "llama", "base": True}, TaskVectorRecipe(WEIGHTS, "magnitude", True, density=1.0, scale=0.7)),
     "llama-bf16-ties": ({"arch": "llama", "base": True, "dtype": torch.bfloat16}, TaskVectorRecipe(WEIGHTS, "magnitude", True, density=0.2)),
     "gpt2-slerp": ({"arch": "gpt2"}, SlerpRecipe("c2", "c0", 0.35)),
@@ -91,10 +93,11 @@ def test_layerwise_weights_follow_the_layers(tmp_path):
         assert torch.equal(state[name], pool.checkpoint(source).tensor(name)), name
 
 
+@pytest.mark.parametrize("weights", [WEIGHTS, {**WEIGHTS, "c1": 0.0}], ids=["weights", "a zero weight"])  # its mask is still drawn
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
-def test_dare_equals_mergekit_given_the_same_masks(tmp_path, method):
+def test_dare_equals_mergekit_given_the_same_masks(tmp_path, method, weights):
     pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="gpt2", base=True)))
-    recipe = TaskVectorRecipe(WEIGHTS, "random", consensus=method == "dare_ties", density=0.4, scale=1.1, seed=7)
+    recipe = TaskVectorRecipe(weights, "random", consensus=method == "dare_ties", density=0.4, scale=1.1, seed=7)
     out = export_merge(Merger(pool), recipe, tmp_path / "export")
     ours = read_folder(out)
     config = yaml.safe_load((out / "mergekit.yaml").read_text())
@@ -143,14 +146,56 @@ def test_ties_trims_to_density_and_a_single_vector_passes_through(tmp_path):
     torch.testing.assert_close(whole, pool.checkpoint("c1").tensor(name))
 
 
+def magnitudes_to_select_from() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    normal = torch.randn(RADIX_CHUNK + 777, generator=generator)
+    return {
+        "float32": normal,
+        "bfloat16 differences (ties)": (normal.bfloat16().float() - torch.randn(normal.numel(), generator=generator).bfloat16().float()),
+        "a few values, over chunks": torch.randint(-3, 4, (2 * RADIX_CHUNK + 5,), generator=generator).float(),
+        "mostly zero": torch.cat([torch.zeros(5000), torch.randn(50, generator=generator), torch.zeros(1000)]),
+        "all zero, signed": torch.tensor([0.0, -0.0] * 10),
+        "extremes": torch.tensor([float("inf"), -float("inf"), 1e-45, -1e-45, 3.4e38, 1.0, -1.0, 0.0]),
+        "one": torch.tensor([-2.5]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(magnitudes_to_select_from()))
+def test_the_magnitude_threshold_is_torchs_kth_value(case):
+    """The CPU's radix select against torch.kthvalue (what a GPU runs), bit for bit, at every rank
+    boundary that matters: the largest, the smallest, and ranks in between."""
+    magnitude = magnitudes_to_select_from()[case].abs()
+    n = magnitude.numel()
+    for keep in sorted({k for k in (1, 2, n // 7, n // 2, n - 1, n) if 1 <= k <= n}):
+        ours = _magnitude_threshold(magnitude, keep)
+        torchs = torch.kthvalue(magnitude, n - keep + 1).values
+        assert ours.dtype == torch.float32 and ours.view(torch.int32) == torchs.view(torch.int32), (keep, ours, torchs)
+
+
+@pytest.mark.parametrize(("sparsify", "consensus"), [("magnitude", True), ("random", True), ("random", False)])
+def test_a_zero_weight_row_is_never_read(tmp_path, sparsify, consensus):
+    """Its vector would add ±0 to every sum (that it changes no bit is shown against mergekit above)."""
+    pool = load_pool(load_spec(write_pool(tmp_path / "pool", 3, arch="gpt2", base=True)))
+    name = "transformer.h.0.mlp.c_fc.weight"
+    rows = [pool.checkpoint(c).tensor(name) for c in pool.names] + [pool.base.tensor(name)]
+    read = []
+
+    def row(index: int) -> torch.Tensor:
+        read.append(index)
+        return rows[index].reshape(-1).float()
+
+    TaskVectorRecipe({**WEIGHTS, "c1": 0.0}, sparsify, consensus, density=0.5).merge_rows(pool, name, row)
+    assert 1 not in read and {0, 2, 3} <= set(read)
+
+
 def test_ties_keeps_the_first_tied_entries_across_chunks():
     """Magnitudes from a few values (as a bfloat16 task vector has) over more than two search chunks:
     exactly `keep` entries, every one above the threshold, and of those tied at it the first by position."""
     generator = torch.Generator().manual_seed(0)
     row = torch.randint(-2, 3, (2 * TIE_CHUNK + 12345,), generator=generator).float()
     for keep in (1, TIE_CHUNK // 3, int(0.7 * row.numel())):  # ties in the first chunk only, and spanning chunks
-        threshold = _magnitude_threshold(row, keep)
-        mask = _top_magnitudes(row, keep, threshold)
+        threshold = _magnitude_threshold(row.abs(), keep)
+        mask = _top_magnitudes(row.abs(), keep, threshold)
         tied = row.abs() == threshold
         kept_tied, dropped_tied = (mask & tied).nonzero(), (~mask & tied).nonzero()
         assert int(mask.sum()) == keep
