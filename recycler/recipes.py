@@ -292,9 +292,9 @@ def mask_seed(seed: int, tensor_name: str) -> int:
 # size: the base, the elected signs, the sum and the divisor (4 bytes each), the task vector being
 # added (4) and what sparsifying it takes (the magnitudes and the mask, 5, or DARE's draw, 8; on a
 # GPU, kthvalue's workspace on the first pass, when only the base and the signs are held).
-# Measured on the CPU on a 16.8M-element tensor, as the smallest data limit a merge passes under:
-# TIES 26, DARE-TIES 23, DARE 20 (TIES was 32 with torch's kthvalue, 8 per row of the pool plus 16
-# when every row was held). GPU figures are not measured; the promise keeps their margin.
+# Measured on the CPU on a 16.8M-element tensor, as the smallest data limit a merge passes under
+# (scripts/bench_task_vector_memory.py): TIES 25, DARE-TIES 24, DARE 20 (TIES was 32 with torch's
+# kthvalue; 8 per row of the pool plus 16 when every row was held). GPU figures are not measured.
 TASK_VECTOR_BYTES_PER_ELEMENT = 36
 TIE_CHUNK = 1 << 20  # entries searched for ties to the threshold at a time (their positions: 8 MB at most)
 RADIX_CHUNK = 1 << 20  # entries counted at a time by the magnitude threshold's radix select on a CPU
