@@ -1,7 +1,7 @@
 """A catalogue of valid but unusual suites and pools, each run end to end (issue 28, part 4): a study
 of three trials (the two checkpoints alone, then their uniform average, a real merge), the last trial
 exported, and every task's recorded score checked against lm-eval's own `simple_evaluate` on the
-export (batch size 1, CPU, the export's saved dtype), within verify's tolerance.
+export (the suite's batch size, CPU, the export's saved dtype), within verify's tolerance.
 
 One study covers several suite features where it can; each pool architecture gets its own study on
 a plain suite. The tiny models are random, so scores sit near chance: the point is that the search

@@ -193,14 +193,19 @@ def write_arch_pool(root: Path, arch: str, count: int = 2, *, max_shard_size: st
 
 def lm_eval_scores(checkpoint: Path, suite_path: Path) -> tuple[dict[str, float], torch.dtype]:
     """Every task of the suite scored by lm-eval's own `simple_evaluate` on the checkpoint as any
-    user loads it (its saved dtype), batch size 1 on the CPU: one call per (limit, num_fewshot);
-    and the dtype the model was loaded in."""
+    user loads it (its saved dtype), on the CPU at the suite's batch size: one call per (limit,
+    num_fewshot); and the dtype the model was loaded in.
+
+    The suite's batch size, not 1: where a CPU has no bfloat16 arithmetic (AVX2), how a bfloat16
+    model's requests are batched changes the rounding of their loglikelihoods (a Phi pool's
+    perplexity by 0.5% between 8 and 1), so only the same batches can be compared exactly. Batched
+    against batch size 1 is checked on float32 pools (tests/test_evaluate.py, test_generation.py)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     suite = yaml.safe_load(suite_path.read_text())
-    lm = HFLM(pretrained=str(checkpoint), dtype="auto", add_bos_token=False, batch_size=1, device="cpu")
+    lm = HFLM(pretrained=str(checkpoint), dtype="auto", add_bos_token=False, batch_size=suite["batch_size"], device="cpu")
     manager = TaskManager(include_path=suite["task_dir"], include_defaults=False)
     calls: dict[tuple[Any, Any], list[dict]] = {}
     for task in suite["held_in"] + suite.get("held_out", []):
